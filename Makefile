@@ -1,0 +1,60 @@
+# The analysis as a DAG: each target reads what the one before it wrote to disk.
+# `make all` runs everything on the synthetic demo data; `make all DATA_DIR=/path/to/HAM10000`
+# on real data. `make test` runs lint and the test suite. Both create .venv when missing.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PARAMS ?= params/smoke.yaml
+DATA_DIR ?=
+# Extra `--set key=value` overrides for every step, e.g. SET="image_size=96 seed=7".
+SET ?=
+STAMP := $(VENV)/.installed
+
+override SETS := $(if $(DATA_DIR),--set data_dir=$(abspath $(DATA_DIR))) $(foreach s,$(SET),--set $(s))
+HAM := $(PY) -m ham_utils
+
+.PHONY: all venv data demo split cache test lint format bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+venv: $(STAMP)  ## create .venv and install the requirements (once)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version' 
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt -e .
+	touch $@
+
+all: cache  ## run the whole pipeline on PARAMS (demo data unless DATA_DIR is given)
+
+demo: $(STAMP)  ## generate the synthetic demo dataset (once) if no DATA_DIR is given
+	$(if $(DATA_DIR),@echo "DATA_DIR given: no demo data needed",$(HAM) synth --params $(PARAMS) $(SETS))
+
+split: demo  ## read and validate the data, write the lesion-aware split
+	$(HAM) split --params $(PARAMS) $(SETS)
+
+cache: split  ## decode and resize every image once into the uint8 cache
+	$(HAM) cache --params $(PARAMS) $(SETS)
+
+data: $(STAMP)  ## download HAM10000 from Kaggle into data/ham10000 (needs Kaggle credentials)
+	$(HAM) download --dest data/ham10000
+
+lint: $(STAMP)  ## ruff lint and format checks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)  ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint  ## lint, then the whole test suite
+	$(PY) -m pytest
+
+bench: $(STAMP)  ## print speed figures (cache build, ...)
+	$(PY) -m ham_utils.bench $(SETS)
+
+clean:  ## remove generated files (keeps .venv and downloaded data)
+	rm -rf runs reports mlruns data/processed data/cache data/demo figures/*.png

@@ -1,0 +1,140 @@
+"""``python -m ham_utils <command>``: the pipeline steps from a shell.
+
+Every command reads the same flat parameter file as the notebooks (``--params``) with
+``--set key=value`` overrides. Errors in the input data end with one clear line and exit
+code 2, not a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ham_utils.config import Params, ParamsError, load_params, parse_override
+from ham_utils.errors import DataError
+
+DEFAULT_PARAMS = "params/smoke.yaml"
+log = logging.getLogger("ham_utils")
+
+
+def _params(args: argparse.Namespace) -> Params:
+    overrides = dict(parse_override(s) for s in args.set)
+    path = args.params
+    if path == DEFAULT_PARAMS and not Path(path).is_file():
+        path = None  # outside the project folder: built-in defaults
+    return load_params(path, overrides)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from ham_utils.prepare import ensure_demo_data
+    from ham_utils.synthetic import generate_dataset
+
+    params = _params(args)
+    if args.out:
+        out = generate_dataset(
+            Path(args.out),
+            n_images=params.demo_images,
+            width=params.demo_width,
+            height=params.demo_height,
+            seed=params.demo_seed,
+        )
+    else:
+        out = ensure_demo_data(dataclasses.replace(params, data_dir=""))
+    print(out)
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ham_utils.prepare import load_splits, prepare_splits
+    from ham_utils.split import class_table, max_share_deviation, read_split_info
+
+    params = _params(args)
+    path = prepare_splits(params)
+    splits = load_splits(params)
+    info = read_split_info(path)
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        print(class_table(splits))
+    print(
+        f"\n{info['images']} images of {info['lesions']} lesions; no lesion in two splits; "
+        f"largest class-share gap to overall {max_share_deviation(splits):.2f} pp; "
+        f"{info['dropped_rows']} metadata rows dropped (see {info['dropped_rows_csv']})"
+    )
+    if info["synthetic"]:
+        print(
+            "NOTE: this is the SYNTHETIC demo dataset; no medical conclusion may be drawn from it."
+        )
+    print(path)
+
+
+def cmd_cache(args: argparse.Namespace) -> None:
+    from ham_utils.prepare import cached_split
+    from ham_utils.split import SPLITS
+
+    params = _params(args)
+    for split in SPLITS:
+        start = time.perf_counter()
+        cached = cached_split(params, split)
+        seconds = time.perf_counter() - start
+        print(f"{split:5s} {len(cached):6d} images  {seconds:6.1f} s  {cached.path}")
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from ham_utils.download import download_kaggle
+
+    print(download_kaggle(Path(args.dest)))
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
+    "synth": (cmd_synth, "generate the SYNTHETIC demo dataset (HAM10000 layout)"),
+    "split": (cmd_split, "read and validate the data, write the lesion-aware splits.csv"),
+    "cache": (cmd_cache, "decode and resize every image once into the uint8 cache"),
+    "download": (cmd_download, "download HAM10000 from Kaggle and verify its layout"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ham_utils",
+        description="HAM10000 skin-lesion pipeline: data, splits, cache and more.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, (func, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        p.add_argument(
+            "--params", default=DEFAULT_PARAMS, help=f"parameter YAML (default {DEFAULT_PARAMS})"
+        )
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override one parameter; repeatable",
+        )
+        if name == "synth":
+            p.add_argument("--out", help="write to this folder instead of data/demo/...")
+        if name == "download":
+            p.add_argument("--dest", default="data/ham10000", help="target folder")
+    return parser
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.captureWarnings(True)  # DataWarnings print as one WARNING line each
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    try:
+        args.func(args)
+    except (DataError, ParamsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

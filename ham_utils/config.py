@@ -1,0 +1,236 @@
+"""Class order and descriptions, risk groups, project paths and the parameter schema.
+
+One flat YAML file of parameters feeds both papermill (``-f params/x.yaml``) and the command
+line (``--params params/x.yaml --set key=value``); :func:`load_params` is the single reader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The order of the model's outputs. Alphabetical, as in the HAM10000 `dx` column.
+CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+
+CLASS_NAMES: dict[str, str] = {
+    "akiec": "Actinic keratosis / intraepithelial carcinoma (Bowen's disease)",
+    "bcc": "Basal cell carcinoma",
+    "bkl": "Benign keratosis-like lesion",
+    "df": "Dermatofibroma",
+    "mel": "Melanoma",
+    "nv": "Melanocytic nevus",
+    "vasc": "Vascular lesion",
+}
+
+CLASS_DESCRIPTIONS: dict[str, str] = {
+    "akiec": "Pre-cancerous scaly patches from sun damage, and carcinoma in situ; can progress "
+    "to invasive squamous cell carcinoma.",
+    "bcc": "The most common skin cancer; grows slowly and rarely spreads, but destroys tissue "
+    "locally if untreated.",
+    "bkl": "Benign growths: seborrhoeic keratoses, solar lentigines and lichen-planus-like "
+    "keratoses.",
+    "df": "A benign firm nodule of the dermis, often on the legs.",
+    "mel": "A malignant tumour of melanocytes; the most dangerous skin cancer, curable when "
+    "caught early.",
+    "nv": "A common mole: a benign proliferation of melanocytes.",
+    "vasc": "Benign lesions of blood vessels: angiomas, angiokeratomas, pyogenic granulomas "
+    "and haemorrhage.",
+}
+
+# Grouping used by the app and the predict command to colour a prediction.
+RISK_GROUPS: dict[str, tuple[str, ...]] = {
+    "high": ("mel", "bcc"),
+    "moderate": ("akiec",),
+    "low": ("bkl", "nv", "vasc", "df"),
+}
+RISK_OF_CLASS: dict[str, str] = {c: g for g, cs in RISK_GROUPS.items() for c in cs}
+
+# Columns of the official HAM10000_metadata.csv.
+METADATA_COLUMNS: tuple[str, ...] = (
+    "lesion_id",
+    "image_id",
+    "dx",
+    "dx_type",
+    "age",
+    "sex",
+    "localization",
+)
+# Column order of the ISIC 2018 Task 3 one-hot ground truth files.
+ISIC_GROUND_TRUTH_COLUMNS: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = Path(os.environ.get("HAM_PROJECT_ROOT", PACKAGE_DIR.parent)).resolve()
+DATA_ROOT = PROJECT_ROOT / "data"
+DEMO_ROOT = DATA_ROOT / "demo"
+PROCESSED_ROOT = DATA_ROOT / "processed"
+CACHE_ROOT = DATA_ROOT / "cache"
+
+RESIZE_MODES: tuple[str, ...] = ("squash", "center_crop")
+
+
+class ParamsError(ValueError):
+    """A parameter file or override that cannot be used; the message says which key and why."""
+
+
+@dataclass
+class Params:
+    """Every knob of the pipeline, with the defaults of the demo run.
+
+    Keys are flat so that papermill can inject them as notebook variables unchanged.
+    """
+
+    # --- data ---
+    data_dir: str = ""  # empty: use (and, once, generate) the synthetic demo dataset
+    metadata_csv: str = ""  # empty: find HAM10000_metadata.csv under data_dir
+    verify_images: bool = True  # decode every image once when reading, to catch corrupt files
+    # --- synthetic demo dataset ---
+    demo_images: int = 1500
+    demo_width: int = 600
+    demo_height: int = 450
+    demo_seed: int = 2018
+    # --- split ---
+    seed: int = 42
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    one_image_per_lesion_eval: bool = True
+    # --- image cache ---
+    image_size: int = 128
+    resize_mode: str = "squash"
+    # --- bookkeeping ---
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def validate(self) -> Params:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ParamsError(
+                f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}"
+            )
+        if not 0 < self.val_fraction < 1 or not 0 < self.test_fraction < 1:
+            raise ParamsError("val_fraction and test_fraction must lie strictly between 0 and 1")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ParamsError("val_fraction + test_fraction leaves less than 10% for training")
+        if self.image_size < 16:
+            raise ParamsError(f"image_size must be at least 16 pixels, got {self.image_size}")
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        return d
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        """The data folder to read: the given one, or the synthetic demo dataset."""
+        return resolve_path(self.data_dir) if self.data_dir else self.demo_data_dir
+
+    @property
+    def demo_data_dir(self) -> Path:
+        """The synthetic dataset these demo settings generate; the name says what it is."""
+        name = (
+            f"ham10000_synthetic_n{self.demo_images}_{self.demo_width}x{self.demo_height}"
+            f"_seed{self.demo_seed}"
+        )
+        return DEMO_ROOT / name
+
+    @property
+    def uses_demo_data(self) -> bool:
+        return not self.data_dir
+
+    @property
+    def processed_dir(self) -> Path:
+        """Where the split and the read report of this data folder live."""
+        return PROCESSED_ROOT / dataset_slug(self.resolved_data_dir)
+
+    @property
+    def splits_csv(self) -> Path:
+        return self.processed_dir / "splits.csv"
+
+    @property
+    def cache_dir(self) -> Path:
+        return CACHE_ROOT / dataset_slug(self.resolved_data_dir)
+
+
+def resolve_path(path: str | os.PathLike[str]) -> Path:
+    """Resolve a path from a parameter file: relative paths are relative to the project root."""
+    p = Path(path).expanduser()
+    return (p if p.is_absolute() else PROJECT_ROOT / p).resolve()
+
+
+def dataset_slug(data_dir: Path) -> str:
+    """A readable, collision-free folder name for one data folder: its name and a path hash."""
+    digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:8]
+    return f"{data_dir.name}-{digest}"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Params) if f.name != "extra"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Convert a YAML or command-line value to the type of the field ``key``."""
+    default = _FIELDS[key].default
+    if isinstance(value, str) and not isinstance(default, str):
+        value = yaml.safe_load(value) if value != "" else value
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, int):
+            if isinstance(value, bool) or float(value) != int(value):
+                raise TypeError
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, str):
+            return "" if value is None else str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ParamsError(f"{key} must be a {type(default).__name__}, got {value!r}")
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """Split a ``key=value`` command-line override."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {text!r} is not of the form key=value")
+    return key.strip(), value.strip()
+
+
+def _check_known(values: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ParamsError(
+            f"unknown parameter(s) {unknown} {where}; known parameters: {sorted(_FIELDS)}"
+        )
+
+
+def load_params(
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Params:
+    """Read a flat YAML parameter file, apply overrides, check types and values.
+
+    Unknown keys are an error (a typo must not silently fall back to a default).
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ParamsError(f"parameter file {path} not found; see params/ for examples")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ParamsError(f"{path} must be a mapping of key: value lines")
+        _check_known(loaded, f"in {path}")
+        values.update(loaded)
+    _check_known(overrides or {}, "in the overrides")
+    values.update(overrides or {})
+    params = Params(**{k: _coerce(k, v) for k, v in values.items()})
+    params.extra["source"] = str(path) if path else None
+    return params.validate()

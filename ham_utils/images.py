@@ -1,0 +1,105 @@
+"""Decoding and resizing one image: the single place every step (cache, app, predict) uses.
+
+Pillow is used rather than OpenCV because it raises on truncated JPEGs (OpenCV returns a
+half-grey image with only a log line) and because its JPEG draft mode decodes large
+images at a reduced scale, which makes resizing 600x450 originals several times faster.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ham_utils.config import RESIZE_MODES
+from ham_utils.errors import DataError
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+# Refuse images whose pixel count would need more than ~0.5 GB to decode (about 180 MP);
+# Pillow's own bomb check only warns below twice its limit.
+MAX_PIXELS = 180_000_000
+
+ImageSource = str | os.PathLike[str] | bytes
+
+
+def open_rgb(source: ImageSource, draft_size: int | None = None) -> Image.Image:
+    """Open and fully decode an image as 8-bit RGB, applying its EXIF orientation.
+
+    16-bit, CMYK, grayscale, palette and RGBA images are converted (alpha is composited on
+    white). Raises :class:`DataError` naming the file for anything that is not a readable
+    image: empty, truncated, corrupt, or too large.
+    """
+    name = "uploaded image" if isinstance(source, bytes) else str(source)
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        if isinstance(source, bytes) and not source:
+            raise DataError(f"{name} is empty (0 bytes); upload a JPEG, PNG, BMP or TIFF image")
+        if not isinstance(source, bytes) and os.path.getsize(source) == 0:
+            raise DataError(f"{name} is empty (0 bytes); replace it with the original image")
+        with Image.open(fp) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise DataError(
+                    f"{name} is {im.width}x{im.height} pixels, more than {MAX_PIXELS:,}; "
+                    "downscale it before use"
+                )
+            if draft_size and im.format == "JPEG":
+                # Decode at the smallest JPEG scale still at least draft_size on each side.
+                im.draft("RGB", (draft_size, draft_size))
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb8(im)
+    except DataError:
+        raise
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as e:
+        raise DataError(
+            f"{name} is not a readable image ({type(e).__name__}: {e}); "
+            "replace it with an intact JPEG/PNG or remove its metadata row"
+        ) from e
+
+
+def _to_rgb8(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale the used range to 8 bits instead of clipping at 255.
+        arr = np.asarray(im, dtype=np.float64)
+        hi = arr.max() or 1.0
+        im = Image.fromarray((arr * (255.0 / hi)).round().astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def resize_square(im: Image.Image, size: int, mode: str = "squash") -> np.ndarray:
+    """Resize to ``size`` x ``size`` and return a uint8 HxWx3 array.
+
+    ``squash`` scales the whole frame (aspect ratio not kept); ``center_crop`` cuts the
+    largest centred square first, as the ISIC 2018 challenge images were prepared.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+    if mode == "center_crop":
+        side = min(im.size)
+        left, top = (im.width - side) // 2, (im.height - side) // 2
+        im = im.crop((left, top, left + side, top + side))
+    im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def load_image(source: ImageSource, size: int, mode: str = "squash") -> np.ndarray:
+    """Decode, orient and resize one image to a uint8 ``size`` x ``size`` x 3 array."""
+    return resize_square(open_rgb(source, draft_size=size), size, mode)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
