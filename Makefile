@@ -4,12 +4,21 @@
 
 PYTHON ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
 PARAMS ?= params/smoke.yaml
 DATA_DIR ?=
 # Extra `--set key=value` overrides for every step, e.g. SET="image_size=96 seed=7".
 SET ?=
+# SYSTEM_PYTHON=1 installs into the current interpreter instead of .venv (Colab: keeps
+# its preinstalled GPU TensorFlow).
+SYSTEM_PYTHON ?=
+
+ifeq ($(SYSTEM_PYTHON),1)
+PY := $(PYTHON)
+STAMP := .system-python.installed
+else
+PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+endif
 
 override SETS := $(if $(DATA_DIR),--set data_dir=$(abspath $(DATA_DIR))) $(foreach s,$(SET),--set $(s))
 HAM := $(PY) -m ham_utils
@@ -22,9 +31,11 @@ help:  ## list the targets
 venv: $(STAMP)  ## create .venv and install the requirements (once)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version' 
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version'
+ifneq ($(SYSTEM_PYTHON),1)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
+endif
 	$(PY) -m pip install --quiet -r requirements-dev.txt -e .
 	touch $@
 
@@ -43,18 +54,18 @@ data: $(STAMP)  ## download HAM10000 from Kaggle into data/ham10000 (needs Kaggl
 	$(HAM) download --dest data/ham10000
 
 lint: $(STAMP)  ## ruff lint and format checks
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 format: $(STAMP)  ## apply ruff's fixes and formatting
-	$(VENV)/bin/ruff check --fix .
-	$(VENV)/bin/ruff format .
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 test: lint  ## lint, then the whole test suite
 	$(PY) -m pytest
 
 bench: $(STAMP)  ## print speed figures (cache build, ...)
-	$(PY) -m ham_utils.bench $(SETS)
+	$(PY) -m ham_utils.bench --params $(PARAMS) $(SETS)
 
 clean:  ## remove generated files (keeps .venv and downloaded data)
 	rm -rf runs reports mlruns data/processed data/cache data/demo figures/*.png

@@ -84,6 +84,12 @@ def cmd_cache(args: argparse.Namespace) -> None:
         print(f"{split:5s} {len(cached):6d} images  {seconds:6.1f} s  {cached.path}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from ham_utils.train import train
+
+    print(train(_params(args)))
+
+
 def cmd_download(args: argparse.Namespace) -> None:
     from ham_utils.download import download_kaggle
 
@@ -94,6 +100,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "synth": (cmd_synth, "generate the SYNTHETIC demo dataset (HAM10000 layout)"),
     "split": (cmd_split, "read and validate the data, write the lesion-aware splits.csv"),
     "cache": (cmd_cache, "decode and resize every image once into the uint8 cache"),
+    "train": (cmd_train, "train (or resume) the two-phase recipe; prints the run folder"),
     "download": (cmd_download, "download HAM10000 from Kaggle and verify its layout"),
 }
 

@@ -74,6 +74,20 @@ CACHE_ROOT = DATA_ROOT / "cache"
 RESIZE_MODES: tuple[str, ...] = ("squash", "center_crop")
 
 
+# Parameters that take one of a few values.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "resize_mode": RESIZE_MODES,
+    "head": ("simple", "b3"),
+    "loss": ("focal", "crossentropy"),
+    "focal_alpha": ("none", "inverse_frequency", "balanced_sqrt"),
+    "oversampling": ("none", "sqrt", "balanced"),
+    "lr_schedule": ("cosine", "plateau", "constant"),
+    "monitor": ("val_balanced_accuracy", "val_macro_f1"),
+    "mixed_precision": ("auto", "off", "mixed_float16", "mixed_bfloat16"),
+    "jit_compile": ("auto", "true", "false"),
+}
+
+
 class ParamsError(ValueError):
     """A parameter file or override that cannot be used; the message says which key and why."""
 
@@ -102,14 +116,59 @@ class Params:
     # --- image cache ---
     image_size: int = 128
     resize_mode: str = "squash"
+    # --- model ---
+    backbone: str = "efficientnetb0"
+    weights: str = "none"  # none | imagenet (downloaded by Keras) | path to a weights file
+    head: str = "simple"  # simple (pool, dropout, dense) | b3 (384-128 dense head)
+    dropout: float = 0.3
+    # --- class imbalance (each one optional; they multiply) ---
+    loss: str = "focal"  # focal | crossentropy
+    focal_gamma: float = 2.0
+    focal_alpha: str = "none"  # none | inverse_frequency | balanced_sqrt
+    label_smoothing: float = 0.0
+    class_weight_power: float = 0.0  # 0 off, 1 balanced, 1.5 "aggressive"
+    class_weight_cap: float = 0.0  # 0: no cap
+    oversampling: str = "none"  # none | sqrt | balanced
+    # --- augmentation (training only) ---
+    augment: bool = True
+    flip: bool = True
+    rotation: float = 0.25  # fraction of a full turn
+    zoom: float = 0.15
+    shift: float = 0.1
+    brightness: float = 0.2
+    contrast: float = 0.2
+    rand_augment: bool = False
+    mixup_prob: float = 0.0
+    mixup_alpha: float = 0.2
+    cutmix_prob: float = 0.0
+    cutmix_alpha: float = 1.0
+    # --- schedule: phase 1 trains the head on a frozen backbone, phase 2 fine-tunes ---
+    batch_size: int = 32
+    warmup_epochs: int = 2
+    warmup_lr: float = 1e-3
+    finetune_epochs: int = 3
+    finetune_lr: float = 1e-4
+    unfreeze: str = "all"  # "all" or the number of top blocks to unfreeze
+    weight_decay: float = 1e-5
+    lr_schedule: str = "cosine"  # cosine (with linear warm-up) | plateau | constant
+    lr_warmup_fraction: float = 0.1
+    monitor: str = "val_balanced_accuracy"  # or val_macro_f1
+    patience: int = 5
+    # --- runtime ---
+    mixed_precision: str = "auto"  # auto (on with a GPU) | off | mixed_float16 | mixed_bfloat16
+    jit_compile: str = "auto"  # auto | true | false
+    workers: int = 2  # threads preparing training batches
+    track: bool = True  # MLflow tracking into the local store
+    run_name: str = ""  # empty: the parameter file's name
     # --- bookkeeping ---
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def validate(self) -> Params:
-        if self.resize_mode not in RESIZE_MODES:
-            raise ParamsError(
-                f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}"
-            )
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ParamsError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.unfreeze != "all" and not (self.unfreeze.isdigit() and int(self.unfreeze) > 0):
+            raise ParamsError(f"unfreeze must be 'all' or a positive number, got {self.unfreeze!r}")
         if not 0 < self.val_fraction < 1 or not 0 < self.test_fraction < 1:
             raise ParamsError("val_fraction and test_fraction must lie strictly between 0 and 1")
         if self.val_fraction + self.test_fraction >= 0.9:

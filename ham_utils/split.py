@@ -25,6 +25,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 # in splits.csv (nothing is lost) but no step trains or evaluates on them.
 EXTRA_SUFFIX = "_extra"
 MAX_FOLDS = 100
+FOLD_ORDER_CANDIDATES = 200
 
 
 def fold_count(val_fraction: float, test_fraction: float) -> int:
@@ -75,8 +76,7 @@ def lesion_split(
             splitter.split(np.zeros(len(metadata)), metadata["dx"], groups=metadata["lesion_id"])
         ):
             fold[fold_index] = i
-    # The splitter orders folds by filling; take a seeded random choice of them for each split.
-    order = np.random.default_rng(seed).permutation(n_folds)
+    order = _best_fold_order(fold, metadata["dx"].to_numpy(), n_folds, n_val, n_test, seed)
     role = np.array(["train"] * n_folds, dtype=object)
     role[order[:n_test]] = "test"
     role[order[n_test : n_test + n_val]] = "val"
@@ -86,6 +86,30 @@ def lesion_split(
     if one_image_per_lesion_eval:
         out = _mark_extra_images(out, seed)
     return out
+
+
+def _best_fold_order(
+    fold: np.ndarray, dx: np.ndarray, n_folds: int, n_val: int, n_test: int, seed: int
+) -> np.ndarray:
+    """A seeded order of the folds (test first, then val, then train) chosen among
+    ``FOLD_ORDER_CANDIDATES`` random ones to make every class's share in val and test as
+    close as possible to its overall share, relative to that share. The relative gap
+    keeps rare classes in val and test: missing df (1% of the data) is a 100% gap."""
+    labels, dx_index = np.unique(dx, return_inverse=True)
+    counts = np.zeros((n_folds, len(labels)))
+    np.add.at(counts, (fold, dx_index), 1)
+    overall = counts.sum(axis=0) / counts.sum()
+    rng = np.random.default_rng(seed)
+    best, best_gap = None, np.inf
+    for _ in range(FOLD_ORDER_CANDIDATES):
+        order = rng.permutation(n_folds)
+        gap = 0.0
+        for chosen in (order[:n_test], order[n_test : n_test + n_val]):
+            part = counts[chosen].sum(axis=0)
+            gap = max(gap, float(np.max(np.abs(part / part.sum() - overall) / overall)))
+        if gap < best_gap:
+            best, best_gap = order, gap
+    return best
 
 
 def _mark_extra_images(df: pd.DataFrame, seed: int) -> pd.DataFrame:
