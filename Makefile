@@ -23,7 +23,7 @@ endif
 override SETS := $(if $(DATA_DIR),--set data_dir=$(abspath $(DATA_DIR))) $(foreach s,$(SET),--set $(s))
 HAM := $(PY) -m ham_utils
 
-.PHONY: all venv data demo split cache test lint format bench clean help
+.PHONY: all venv data demo split cache train mlflow-ui test lint format bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -66,6 +66,12 @@ test: lint  ## lint, then the whole test suite
 
 bench: $(STAMP)  ## print speed figures (cache build, ...)
 	$(PY) -m ham_utils.bench --params $(PARAMS) $(SETS)
+
+train: cache  ## train (or resume) the recipe of PARAMS; prints the run folder
+	$(HAM) train --params $(PARAMS) $(SETS)
+
+mlflow-ui: $(STAMP)  ## open the MLflow UI on http://127.0.0.1:5000
+	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:  ## remove generated files (keeps .venv and downloaded data)
 	rm -rf runs reports mlruns data/processed data/cache data/demo figures/*.png

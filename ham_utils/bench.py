@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ham_utils.config import load_params, parse_override
 
@@ -59,13 +59,64 @@ def bench_data_steps(params_path: str | None, overrides: dict[str, str]) -> list
     return rows
 
 
+def bench_training(params_path: str | None, overrides: dict[str, str], epochs: int = 2):
+    """Training images/s through the real input stream next to the same model fed from
+    in-memory arrays. The first epoch of each is a warm-up (tracing, compilation)."""
+    import keras
+    import numpy as np
+
+    from ham_utils.config import CLASSES
+    from ham_utils.prepare import cached_split, prepare_splits
+    from ham_utils.train import _compile, _set_trainable, _streams
+
+    params = load_params(params_path, overrides)
+    if not params.splits_csv.is_file():
+        prepare_splits(params, progress=False)
+    train_split = cached_split(params, "train", progress=False)
+    val_split = cached_split(params, "val", progress=False)
+    counts = np.bincount(train_split.labels, minlength=len(CLASSES))
+    stream, _, _ = _streams(params, train_split, val_split, counts)
+    steps = len(stream)
+
+    def images_per_second(data: Any, **fit_kwargs: Any) -> float:
+        from ham_utils.models import build_model
+
+        keras.utils.set_random_seed(params.seed)
+        model = build_model(params.backbone, params.image_size, "none", params.head)
+        _set_trainable(model, params, phase=2)
+        _compile(model, params, 2, steps, counts)
+        model.fit(data, epochs=1, verbose=0, **fit_kwargs)  # warm-up
+        start = time.perf_counter()
+        model.fit(data, epochs=epochs, verbose=0, **fit_kwargs)
+        return epochs * steps * params.batch_size / (time.perf_counter() - start)
+
+    n = steps * params.batch_size
+    x = np.asarray(train_split.images[:n], dtype="float32")
+    y = keras.utils.to_categorical(train_split.labels[:n], len(CLASSES)).astype("float32")
+    alone = images_per_second(x, y=y, batch_size=params.batch_size, shuffle=False)
+    pipeline = images_per_second(stream)
+    what = (
+        f"{params.backbone} {params.image_size}px, batch {params.batch_size}, "
+        f"{keras.backend.backend()}"
+    )
+    return [
+        ("training setup", what),
+        ("model alone, in-memory arrays", f"{alone:.1f} images/s"),
+        ("real input stream", f"{pipeline:.1f} images/s"),
+        ("ratio stream / model alone", f"{pipeline / alone:.2f}"),
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ham_utils.bench", description=__doc__)
     parser.add_argument("--params", default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--data-only", action="store_true", help="skip the training figures")
     args = parser.parse_args(argv)
     overrides = dict(parse_override(s) for s in args.set)
     rows = bench_data_steps(args.params, overrides)
+    if not args.data_only:
+        rows += bench_training(args.params, overrides)
     width = max(len(name) for name, _ in rows)
     print(f"machine: {os.cpu_count()} cores")
     for name, value in rows:

@@ -70,8 +70,11 @@ DATA_ROOT = PROJECT_ROOT / "data"
 DEMO_ROOT = DATA_ROOT / "demo"
 PROCESSED_ROOT = DATA_ROOT / "processed"
 CACHE_ROOT = DATA_ROOT / "cache"
+RUNS_ROOT = PROJECT_ROOT / "runs"
 
 RESIZE_MODES: tuple[str, ...] = ("squash", "center_crop")
+FOCAL_ALPHA_MODES: tuple[str, ...] = ("inverse_frequency", "balanced_sqrt")
+TTA_VIEWS: tuple[int, ...] = (1, 2, 4, 8)
 
 
 # Parameters that take one of a few values.
@@ -79,7 +82,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "resize_mode": RESIZE_MODES,
     "head": ("simple", "b3"),
     "loss": ("focal", "crossentropy"),
-    "focal_alpha": ("none", "inverse_frequency", "balanced_sqrt"),
     "oversampling": ("none", "sqrt", "balanced"),
     "lr_schedule": ("cosine", "plateau", "constant"),
     "monitor": ("val_balanced_accuracy", "val_macro_f1"),
@@ -124,7 +126,7 @@ class Params:
     # --- class imbalance (each one optional; they multiply) ---
     loss: str = "focal"  # focal | crossentropy
     focal_gamma: float = 2.0
-    focal_alpha: str = "none"  # none | inverse_frequency | balanced_sqrt
+    focal_alpha: str = "none"  # none | inverse_frequency | balanced_sqrt | 7 numbers "a,b,..."
     label_smoothing: float = 0.0
     class_weight_power: float = 0.0  # 0 off, 1 balanced, 1.5 "aggressive"
     class_weight_cap: float = 0.0  # 0: no cap
@@ -154,6 +156,10 @@ class Params:
     lr_warmup_fraction: float = 0.1
     monitor: str = "val_balanced_accuracy"  # or val_macro_f1
     patience: int = 5
+    # --- evaluation ---
+    tta: int = 1  # test-time augmentation views: 1 (off), 2, 4 (flips) or 8 (flips, turns)
+    temperature_scaling: bool = True  # fitted on validation, applied to test
+    external_dir: str = ""  # ISIC 2018 Task 3 ground truth CSV (or its folder) to evaluate
     # --- runtime ---
     mixed_precision: str = "auto"  # auto (on with a GPU) | off | mixed_float16 | mixed_bfloat16
     jit_compile: str = "auto"  # auto | true | false
@@ -167,15 +173,36 @@ class Params:
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ParamsError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        self.focal_alpha_values()  # checks the value
         if self.unfreeze != "all" and not (self.unfreeze.isdigit() and int(self.unfreeze) > 0):
             raise ParamsError(f"unfreeze must be 'all' or a positive number, got {self.unfreeze!r}")
         if not 0 < self.val_fraction < 1 or not 0 < self.test_fraction < 1:
             raise ParamsError("val_fraction and test_fraction must lie strictly between 0 and 1")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ParamsError("val_fraction + test_fraction leaves less than 10% for training")
+        if self.tta not in TTA_VIEWS:
+            raise ParamsError(f"tta must be one of {TTA_VIEWS} views, got {self.tta}")
         if self.image_size < 16:
             raise ParamsError(f"image_size must be at least 16 pixels, got {self.image_size}")
         return self
+
+    def focal_alpha_values(self) -> str | list[float] | None:
+        """``focal_alpha`` as :func:`ham_utils.losses.focal_alpha` takes it (None: off)."""
+        if self.focal_alpha in ("none", ""):
+            return None
+        if self.focal_alpha in FOCAL_ALPHA_MODES:
+            return self.focal_alpha
+        try:
+            values = [float(v) for v in self.focal_alpha.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != len(CLASSES) or min(values) <= 0:
+            raise ParamsError(
+                f"focal_alpha must be none, one of {FOCAL_ALPHA_MODES} or {len(CLASSES)} "
+                f"positive comma-separated numbers in the order {CLASSES}, "
+                f"got {self.focal_alpha!r}"
+            )
+        return values
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -229,7 +256,7 @@ def dataset_slug(data_dir: Path) -> str:
 _FIELDS = {f.name: f for f in dataclasses.fields(Params) if f.name != "extra"}
 
 
-def _coerce(key: str, value: Any) -> Any:
+def coerce_value(key: str, value: Any) -> Any:
     """Convert a YAML or command-line value to the type of the field ``key``."""
     default = _FIELDS[key].default
     if isinstance(value, str) and not isinstance(default, str):
@@ -290,6 +317,6 @@ def load_params(
         values.update(loaded)
     _check_known(overrides or {}, "in the overrides")
     values.update(overrides or {})
-    params = Params(**{k: _coerce(k, v) for k, v in values.items()})
+    params = Params(**{k: coerce_value(k, v) for k, v in values.items()})
     params.extra["source"] = str(path) if path else None
     return params.validate()

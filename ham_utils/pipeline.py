@@ -1,0 +1,134 @@
+"""Batch streams from the image cache: training (oversampling, augmentation, MixUp/CutMix,
+sample weights) and evaluation (in order, untouched).
+
+The streams are :class:`keras.utils.PyDataset` objects, so they need no TensorFlow and feed
+``model.fit`` on every Keras backend; Keras prefetches them on worker threads. The order of
+each epoch depends only on the seed and the epoch number, so a resumed run sees the same
+batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+from imblearn.over_sampling import RandomOverSampler
+
+from ham_utils.config import CLASSES
+from ham_utils.losses import sample_weights_for
+
+OVERSAMPLING_MODES: tuple[str, ...] = ("none", "sqrt", "balanced")
+
+
+def oversampled_indices(labels: np.ndarray, mode: str, seed: int) -> np.ndarray:
+    """Indices into ``labels`` with minority classes repeated (imbalanced-learn's
+    :class:`RandomOverSampler`), in a seeded random order.
+
+    ``sqrt`` raises each class to sqrt(n_class * n_largest) images, a middle ground;
+    ``balanced`` to the size of the largest class; ``none`` keeps the counts.
+    """
+    if mode not in OVERSAMPLING_MODES:
+        raise ValueError(f"oversampling must be one of {OVERSAMPLING_MODES}, got {mode!r}")
+    rng = np.random.default_rng(seed)
+    index = np.arange(len(labels))
+    if mode != "none":
+        present, counts = np.unique(labels, return_counts=True)
+        largest = counts.max()
+        if mode == "balanced":
+            target = dict.fromkeys(present.tolist(), int(largest))
+        else:
+            target = {
+                int(c): int(max(n, round(math.sqrt(n * largest))))
+                for c, n in zip(present, counts, strict=True)
+            }
+        sampler = RandomOverSampler(sampling_strategy=target, random_state=int(rng.integers(2**31)))
+        index, _ = sampler.fit_resample(index.reshape(-1, 1), labels)
+        index = index.ravel()
+    return rng.permutation(index)
+
+
+class TrainingStream(keras.utils.PyDataset):
+    """Shuffled, optionally oversampled, augmented and mixed training batches.
+
+    Yields ``(images, one_hot_labels)`` or, with ``class_weights``, ``(images, labels,
+    sample_weights)`` where each sample's weight is its (possibly mixed) label times the
+    class weights. Images are float32 in 0..255.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        seed: int,
+        oversampling: str = "none",
+        augment: Callable[[Any], Any] | None = None,
+        mix: Callable[[Any, Any], tuple[Any, Any]] | None = None,
+        class_weights: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.images, self.labels = images, np.asarray(labels)
+        self.batch_size, self.seed, self.oversampling = batch_size, seed, oversampling
+        self.augment, self.mix = augment, mix
+        self.class_weights = None if class_weights is None else np.asarray(class_weights, "float32")
+        self.epoch = 0
+        self._order = oversampled_indices(self.labels, oversampling, seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the order of ``epoch`` (used when a run resumes mid-way)."""
+        self.epoch = epoch
+        self._order = oversampled_indices(self.labels, self.oversampling, self.seed + epoch)
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)
+
+    def __len__(self) -> int:
+        # Drop the last partial batch: MixUp/CutMix pair samples within a batch, and equal
+        # batches keep one compiled step shape.
+        return max(1, len(self._order) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        rows = np.sort(self._order[index * self.batch_size : (index + 1) * self.batch_size])
+        # Sorted rows read the memory map sequentially; shuffle back within the batch.
+        rows = np.random.default_rng((self.seed, self.epoch, index)).permutation(rows)
+        x = self.images[rows].astype("float32")
+        y = keras.utils.to_categorical(self.labels[rows], len(CLASSES)).astype("float32")
+        if self.augment is not None:
+            x = self.augment(x)
+        if self.mix is not None:
+            x, y = self.mix(x, y)
+        if self.class_weights is None:
+            return x, y
+        return x, y, sample_weights_for(y, self.class_weights)
+
+
+class EvaluationStream(keras.utils.PyDataset):
+    """The images of one split in order, in batches, with one-hot labels when given."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None,
+        batch_size: int,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.images, self.labels = images, labels
+        self.batch_size, self.transform = batch_size, transform
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, index: int) -> Any:
+        window = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        x = np.asarray(self.images[window], dtype="float32")
+        if self.transform is not None:
+            x = self.transform(x)
+        if self.labels is None:
+            return (x,)
+        return x, keras.utils.to_categorical(self.labels[window], len(CLASSES)).astype("float32")

@@ -1,0 +1,91 @@
+"""MLflow experiment tracking into a local store in the project (no server needed).
+
+Metadata go to ``mlflow.db`` (SQLite, MLflow's default backend since 3.7) and artifacts to
+``mlruns/`` at the project root; ``MLFLOW_TRACKING_URI`` overrides the store. The parameter
+``track: false`` turns all of it off. A resumed run continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from ham_utils.config import PROJECT_ROOT, Params
+
+log = logging.getLogger("ham_utils")
+
+EXPERIMENT = "ham10000"
+ARTIFACTS = ("params.yaml", "history.csv", "timing.json", "environment.json", "splits.json")
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+class Tracker:
+    """Context manager around one MLflow run of a training run; a no-op when tracking is off."""
+
+    def __init__(self, params: Params, run_dir: Path, state: Any) -> None:
+        self.params, self.run_dir, self.state = params, run_dir, state
+        self.enabled = params.track
+        self.mlflow: Any = None
+
+    def __enter__(self) -> Tracker:
+        if not self.enabled:
+            return self
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(tracking_uri())
+        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+            mlflow.create_experiment(
+                EXPERIMENT, artifact_location=(PROJECT_ROOT / "mlruns").as_uri()
+            )
+        mlflow.set_experiment(EXPERIMENT)
+        run = mlflow.start_run(run_id=self.state.mlflow_run_id or None, run_name=self.run_dir.name)
+        if not self.state.mlflow_run_id:
+            self.state.mlflow_run_id = run.info.run_id
+            mlflow.log_params(self.params.as_dict())
+            mlflow.set_tags(
+                {"run_dir": str(self.run_dir), "synthetic_data": self.params.uses_demo_data}
+            )
+        log.info("MLflow run %s in %s", run.info.run_id, tracking_uri())
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if self.mlflow is not None:
+            self.mlflow.end_run(status="FINISHED" if exc_type is None else "KILLED")
+
+    def callback(self) -> keras.callbacks.Callback:
+        """Logs every epoch's metrics (and learning rate) to the active run."""
+        tracker = self
+
+        class _LogEpoch(keras.callbacks.Callback):
+            learning_rate = 0.0
+
+            def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+                self.learning_rate = float(
+                    keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+                )
+
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                if tracker.mlflow is None:
+                    return
+                metrics = {k: float(v) for k, v in (logs or {}).items()}
+                metrics["learning_rate"] = self.learning_rate  # at the start of the epoch
+                tracker.mlflow.log_metrics(metrics, step=epoch)
+
+        return _LogEpoch()
+
+    def log_artifacts(self, run_dir: Path) -> None:
+        if self.mlflow is None:
+            return
+        for name in ARTIFACTS:
+            if (run_dir / name).is_file():
+                self.mlflow.log_artifact(str(run_dir / name))
+        if (run_dir / "best.keras").is_file():
+            self.mlflow.log_artifact(str(run_dir / "best.keras"), artifact_path="model")

@@ -1,0 +1,90 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from ham_utils.pipeline import EvaluationStream, TrainingStream, oversampled_indices
+
+LABELS = np.repeat(np.arange(7), [2, 5, 11, 1, 11, 67, 3])  # HAM10000-like imbalance, 100 images
+
+
+def test_no_oversampling_is_a_permutation():
+    index = oversampled_indices(LABELS, "none", seed=0)
+    assert sorted(index) == list(range(len(LABELS)))
+
+
+def test_balanced_oversampling_equalises_classes_from_the_training_rows_only():
+    index = oversampled_indices(LABELS, "balanced", seed=0)
+    counts = np.bincount(LABELS[index], minlength=7)
+    assert (counts == 67).all()
+    assert set(index) == set(range(len(LABELS)))  # every image still used
+
+
+def test_sqrt_oversampling_is_between_none_and_balanced():
+    counts = np.bincount(LABELS[oversampled_indices(LABELS, "sqrt", seed=0)], minlength=7)
+    original = np.bincount(LABELS, minlength=7)
+    expected = np.maximum(original, np.round(np.sqrt(original * 67)))
+    np.testing.assert_array_equal(counts, expected)
+
+
+def test_unknown_oversampling_mode_is_refused():
+    with pytest.raises(ValueError, match="oversampling"):
+        oversampled_indices(LABELS, "smote", seed=0)
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (len(LABELS), 16, 16, 3), dtype=np.uint8)
+
+
+def test_training_batches_have_one_hot_labels_float_pixels_and_full_size(images):
+    stream = TrainingStream(images, LABELS, batch_size=8, seed=1)
+    assert len(stream) == len(LABELS) // 8  # the last partial batch is dropped
+    x, y = stream[0]
+    assert x.shape == (8, 16, 16, 3) and x.dtype == np.float32 and float(np.max(x)) > 1.0
+    assert y.shape == (8, 7) and np.allclose(np.sum(y, axis=1), 1.0)
+
+
+def test_each_epoch_order_depends_only_on_seed_and_epoch(images):
+    a = TrainingStream(images, LABELS, batch_size=8, seed=1, oversampling="sqrt")
+    b = TrainingStream(images, LABELS, batch_size=8, seed=1, oversampling="sqrt")
+    a.on_epoch_end()
+    a.on_epoch_end()
+    b.set_epoch(2)  # a resumed run jumps straight to its epoch
+    for i in (0, 3):
+        np.testing.assert_array_equal(a[i][0], b[i][0])
+    a.on_epoch_end()
+    assert not np.array_equal(a[0][0], b[0][0])
+
+
+def test_class_weights_become_per_sample_weights_of_the_label(images):
+    weights = np.linspace(1.0, 7.0, 7).astype("float32")
+    _, y, w = TrainingStream(images, LABELS, 8, seed=1, class_weights=weights)[0]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(w), np.asarray(y) @ weights, rtol=1e-6)
+
+
+def test_augment_and_mix_are_applied_to_training_batches(images):
+    calls = []
+
+    def augment(x):
+        calls.append("augment")
+        return x * 0
+
+    def mix(x, y):
+        calls.append("mix")
+        return x + 1, y
+
+    x, _ = TrainingStream(images, LABELS, 8, seed=1, augment=augment, mix=mix)[0]
+    assert calls == ["augment", "mix"] and np.all(np.asarray(x) == 1)
+
+
+def test_evaluation_stream_keeps_order_and_every_image(images):
+    stream = EvaluationStream(images, LABELS, batch_size=32)
+    assert len(stream) == math.ceil(len(LABELS) / 32)
+    xs = np.concatenate([stream[i][0] for i in range(len(stream))])
+    ys = np.concatenate([stream[i][1] for i in range(len(stream))])
+    np.testing.assert_array_equal(xs, images.astype("float32"))
+    np.testing.assert_array_equal(ys.argmax(axis=1), LABELS)
+    assert EvaluationStream(images, None, 32)[0][0].shape == (32, 16, 16, 3)

@@ -1,0 +1,161 @@
+"""Training runs end to end, in subprocesses, on tiny synthetic data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from conftest import REPO, run_cli
+
+from ham_utils.config import load_params
+from ham_utils.train import run_id
+
+# Tiny but real: 200 synthetic images, 32 px, EfficientNetB0 from random weights.
+TINY = {
+    "demo_images": 200,
+    "demo_width": 96,
+    "demo_height": 72,
+    "image_size": 32,
+    "batch_size": 8,
+    "warmup_epochs": 1,
+    "finetune_epochs": 2,
+    "finetune_lr": 0.001,
+    "workers": 1,
+    "jit_compile": "false",
+    "track": "false",
+    "patience": 99,
+}
+
+
+def tiny_args(**changes) -> list[str]:
+    settings = {**TINY, **changes}
+    return [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
+
+
+def run_dirs(root):
+    return sorted((root / "runs").iterdir())
+
+
+def test_run_id_follows_the_parameters():
+    base = load_params(None, {"run_name": "x"})
+    assert run_id(base) == run_id(load_params(None, {"run_name": "x", "workers": 7}))
+    assert run_id(base) != run_id(load_params(None, {"run_name": "x", "seed": 1}))
+    assert run_id(base).startswith("x-")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_where_it_stopped_and_tracks_one_mlflow_run(project_root):
+    args = ["train", *tiny_args(finetune_epochs=3, track="true", run_name="resume")]
+    env = {**os.environ, "HAM_PROJECT_ROOT": str(project_root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "ham_utils", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 400
+    state_file = None
+    while time.monotonic() < deadline and first.poll() is None:
+        found = list((project_root / "runs").glob("*/state.json"))
+        if found and json.loads(found[0].read_text())["epochs_done"] >= 2:
+            state_file = found[0]
+            break
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert state_file is not None, "the run never finished two epochs"
+    killed = json.loads(state_file.read_text())
+    assert not killed["finished"] and 2 <= killed["epochs_done"] < 4
+    history_before = pd.read_csv(state_file.parent / "history.csv")
+
+    second = run_cli(project_root, *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming phase 2 after epoch {killed['epochs_done']}" in second.stderr
+    run_dir = project_root / second.stdout.strip().splitlines()[-1]
+    assert run_dir == state_file.parent
+
+    history = pd.read_csv(run_dir / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3]  # as many as an uninterrupted run
+    assert history["phase"].tolist() == [1, 2, 2, 2]
+    done = killed["epochs_done"]
+    pd.testing.assert_frame_equal(history.iloc[:done], history_before.iloc[:done])
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["finished"] and state["epochs_done"] == 4
+    for name in ("best.keras", "last.keras", "params.yaml", "splits.csv", "timing.json"):
+        assert (run_dir / name).is_file(), name
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project_root / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["ham10000"])
+    assert len(runs) == 1  # the resumed run continued the same MLflow run
+    metric = mlflow.MlflowClient().get_metric_history(state["mlflow_run_id"], "val_loss")
+    assert sorted({m.step for m in metric}) == [0, 1, 2, 3]
+
+    again = run_cli(project_root, *args)  # a finished run is not trained again
+    assert again.returncode == 0 and "already complete" in again.stderr
+
+
+@pytest.mark.slow
+def test_training_runs_on_two_devices_with_mirrored_strategy(project_root):
+    script = (
+        "import sys, tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "two = [tf.config.LogicalDeviceConfiguration()] * 2\n"
+        "tf.config.set_logical_device_configuration(cpu, two)\n"
+        "from ham_utils.train import distribution_strategy\n"
+        "print('replicas', distribution_strategy().num_replicas_in_sync, file=sys.stderr)\n"
+        "from ham_utils.cli import main\n"
+        "raise SystemExit(main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "HAM_PROJECT_ROOT": str(project_root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    args = ["train", *tiny_args(warmup_epochs=1, finetune_epochs=1, run_name="mirrored")]
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "replicas 2" in result.stderr
+    (run_dir,) = run_dirs(project_root)
+    assert len(pd.read_csv(run_dir / "history.csv")) == 2
+
+
+@pytest.mark.slow
+def test_training_runs_on_the_jax_backend(project_root, request):
+    # Keras runs JAX eagerly (op by op, minutes) without jit; the persistent compilation
+    # cache makes reruns of the test faster.
+    cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
+    cache_dir = cache.mkdir("jax-compilation-cache") if cache else project_root / "jax-cache"
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "HAM_PROJECT_ROOT": str(project_root),
+    }
+    settings = {"warmup_epochs": 1, "finetune_epochs": 1, "jit_compile": "true"}
+    mixing = {"mixup_prob": 0.5, "cutmix_prob": 0.5, "class_weight_power": 1.0}
+    args = ["train", *tiny_args(**settings, **mixing, run_name="jax")]
+    result = subprocess.run(
+        [sys.executable, "-m", "ham_utils", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(project_root)
+    assert json.loads((run_dir / "environment.json").read_text())["backend"] == "jax"
+    history = pd.read_csv(run_dir / "history.csv")
+    assert len(history) == 2 and history["loss"].notna().all()
