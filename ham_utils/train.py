@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -446,11 +447,19 @@ def train(params: Params, runs_root: Path = RUNS_ROOT, progress: bool = True) ->
                     RunCheckpoint(run_dir, state, params, images_per_epoch),
                     tracker.callback(),
                 ],
-                verbose=1 if progress else 0,
+                verbose=_keras_verbosity(progress),
             )
         _finish(run_dir, state)
         tracker.log_artifacts(run_dir)
     return run_dir
+
+
+def _keras_verbosity(progress: bool) -> int:
+    """A live progress bar in a terminal; one line per epoch elsewhere (a notebook, a log
+    file), where a bar would become one output line per step."""
+    if not progress:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
 
 
 def _finish(run_dir: Path, state: RunState) -> None:
