@@ -23,7 +23,8 @@ endif
 override SETS := $(if $(DATA_DIR),--set data_dir=$(abspath $(DATA_DIR))) $(foreach s,$(SET),--set $(s))
 HAM := $(PY) -m ham_utils
 
-.PHONY: all venv data demo split cache train mlflow-ui test lint format bench clean help
+.PHONY: all venv data demo split cache train evaluate gradcam mlflow-ui test lint format bench \
+	clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -39,7 +40,8 @@ endif
 	$(PY) -m pip install --quiet -r requirements-dev.txt -e .
 	touch $@
 
-all: cache  ## run the whole pipeline on PARAMS (demo data unless DATA_DIR is given)
+all: $(STAMP)  ## run the numbered notebooks on PARAMS into reports/ (demo data unless DATA_DIR)
+	$(HAM) report --params $(PARAMS) $(SETS)
 
 demo: $(STAMP)  ## generate the synthetic demo dataset (once) if no DATA_DIR is given
 	$(if $(DATA_DIR),@echo "DATA_DIR given: no demo data needed",$(HAM) synth --params $(PARAMS) $(SETS))
@@ -69,6 +71,12 @@ bench: $(STAMP)  ## print speed figures (cache build, ...)
 
 train: cache  ## train (or resume) the recipe of PARAMS; prints the run folder
 	$(HAM) train --params $(PARAMS) $(SETS)
+
+evaluate: train  ## evaluate the run of PARAMS on its test split (metrics, figures)
+	$(HAM) evaluate --run "$$($(HAM) train --params $(PARAMS) $(SETS) | tail -n 1)"
+
+gradcam: evaluate  ## Grad-CAM grids of the run's test images
+	$(HAM) gradcam --run "$$($(HAM) train --params $(PARAMS) $(SETS) | tail -n 1)"
 
 mlflow-ui: $(STAMP)  ## open the MLflow UI on http://127.0.0.1:5000
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ham_utils.config import Params, ParamsError, load_params, parse_override
 from ham_utils.errors import DataError
+from ham_utils.report import NotebookFailed
 
 DEFAULT_PARAMS = "params/smoke.yaml"
 log = logging.getLogger("ham_utils")
@@ -90,6 +91,72 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(train(_params(args)))
 
 
+EVALUATION_SETTINGS = ("tta", "temperature_scaling", "external_dir", "batch_size")
+
+
+def _run(args: argparse.Namespace):
+    """The run of ``--run`` (default: the latest), with evaluation-time ``--set`` overrides."""
+    from ham_utils.config import coerce_value
+    from ham_utils.runs import open_run
+
+    run = open_run(args.run)
+    overrides = dict(parse_override(s) for s in args.set)
+    training = sorted(set(overrides) - set(EVALUATION_SETTINGS))
+    if training:
+        raise ParamsError(
+            f"{training} are training settings of the run; only {EVALUATION_SETTINGS} can be "
+            "changed at evaluation (train a new run for the others)"
+        )
+    values = {k: coerce_value(k, v) for k, v in overrides.items()}
+    params = dataclasses.replace(run.params, **values).validate()
+    return dataclasses.replace(run, params=params)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from ham_utils.evaluate import evaluate_run
+
+    run = _run(args)
+    results = evaluate_run(run, external=args.external, which=args.which)
+    for name, metrics in results.items():
+        print(
+            f"{name}: {metrics['n_images']} images, balanced accuracy "
+            f"{metrics['balanced_accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f}, "
+            f"melanoma sensitivity {metrics['melanoma']['sensitivity']}"
+        )
+    if run.synthetic:
+        print("NOTE: trained and evaluated on SYNTHETIC demo data; these numbers mean nothing.")
+    print(run.evaluation_dir)
+
+
+def cmd_gradcam(args: argparse.Namespace) -> None:
+    from ham_utils.evaluate import PREDICTIONS_FILE
+    from ham_utils.explain import RunExplainer, class_grids, explain_files
+
+    run = _run(args)
+    if args.class_name and args.class_name not in run.classes:
+        raise ParamsError(f"--class must be one of {run.classes}, got {args.class_name!r}")
+    explainer = RunExplainer(run, args.which)
+    out_dir = Path(args.out) if args.out else run.evaluation_dir / "gradcam"
+    if args.images:
+        for path in explain_files(explainer, args.images, out_dir, args.class_name):
+            print(path)
+        return
+    predictions = run.evaluation_dir / PREDICTIONS_FILE
+    if not predictions.is_file():
+        raise DataError(f"{predictions} not found; run `python -m ham_utils evaluate` first")
+    for path in class_grids(explainer, predictions, out_dir, args.per_class).values():
+        print(path)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from ham_utils.report import run_report
+
+    params = _params(args)
+    overrides = dict(parse_override(s) for s in args.set)
+    params_file = Path(args.params).resolve() if params.extra.get("source") else None
+    print(run_report(params, params_file, overrides))
+
+
 def cmd_download(args: argparse.Namespace) -> None:
     from ham_utils.download import download_kaggle
 
@@ -101,6 +168,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "split": (cmd_split, "read and validate the data, write the lesion-aware splits.csv"),
     "cache": (cmd_cache, "decode and resize every image once into the uint8 cache"),
     "train": (cmd_train, "train (or resume) the two-phase recipe; prints the run folder"),
+    "evaluate": (cmd_evaluate, "predict the test split (and an external set): metrics, figures"),
+    "gradcam": (cmd_gradcam, "Grad-CAM overlays of images, or per-class grids of test images"),
+    "report": (cmd_report, "run the numbered notebooks with papermill into reports/<run_id>/"),
     "download": (cmd_download, "download HAM10000 from Kaggle and verify its layout"),
 }
 
@@ -126,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "synth":
             p.add_argument("--out", help="write to this folder instead of data/demo/...")
+        if name in ("evaluate", "gradcam"):
+            p.add_argument("--run", default="", help="run folder (default: the latest run)")
+            p.add_argument("--which", default="best", choices=("best", "last"), help="model")
+        if name == "evaluate":
+            p.add_argument("--external", default=None, help="ISIC 2018 ground truth CSV or dir")
+        if name == "gradcam":
+            p.add_argument("images", nargs="*", help="image files (default: test-set grids)")
+            p.add_argument("--class", dest="class_name", default=None, help="class to explain")
+            p.add_argument("--out", default=None, help="output folder")
+            p.add_argument("--per-class", type=int, default=3, help="images per group in grids")
         if name == "download":
             p.add_argument("--dest", default="data/ham10000", help="target folder")
     return parser
@@ -141,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     try:
         args.func(args)
-    except (DataError, ParamsError, FileNotFoundError) as e:
+    except (DataError, ParamsError, FileNotFoundError, NotebookFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

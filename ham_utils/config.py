@@ -180,6 +180,10 @@ class Params:
             raise ParamsError("val_fraction and test_fraction must lie strictly between 0 and 1")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ParamsError("val_fraction + test_fraction leaves less than 10% for training")
+        if min(self.warmup_epochs, self.finetune_epochs) < 0 or not (
+            self.warmup_epochs + self.finetune_epochs
+        ):
+            raise ParamsError("warmup_epochs and finetune_epochs must be >= 0, not both 0")
         if self.tta not in TTA_VIEWS:
             raise ParamsError(f"tta must be one of {TTA_VIEWS} views, got {self.tta}")
         if self.image_size < 16:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ham_utils.config import CLASSES, ISIC_GROUND_TRUTH_COLUMNS, METADATA_COLUMNS
 from ham_utils.errors import DataError, DataWarning

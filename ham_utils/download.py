@@ -15,7 +15,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ham_utils.data import DatasetRead, read_ham10000
 from ham_utils.errors import DataError, DataWarning

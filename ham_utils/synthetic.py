@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ham_utils.config import CLASSES, METADATA_COLUMNS, ParamsError
 from ham_utils.errors import DataError

@@ -1,0 +1,109 @@
+"""Small helpers that keep the numbered notebooks short: set-up, banners, summary tables."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+
+from ham_utils.config import Params, load_params, resolve_path
+from ham_utils.report import FIGURES_DIR
+from ham_utils.runs import Run
+
+__all__ = ["FIGURES_DIR", "setup"]
+
+SYNTHETIC_WARNING = (
+    "**SYNTHETIC DEMO DATA.** These images are generated drawings in the HAM10000 layout, "
+    "made to exercise the pipeline. Nothing here says anything about skin lesions; no "
+    "medical conclusion may be drawn from it."
+)
+
+
+def _show_markdown(text: str) -> None:
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
+
+
+def setup(params_file: str, overrides: dict[str, Any] | None = None) -> Params:
+    """Log to the notebook, read the parameters, and flag synthetic data loudly."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", force=True)
+    logging.captureWarnings(True)
+    params = load_params(resolve_path(params_file) if params_file else None, overrides or {})
+    FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+    if params.uses_demo_data:
+        _show_markdown(SYNTHETIC_WARNING)
+    return params
+
+
+def read_dataset(params: Params) -> Any:
+    """The dataset these parameters use (the demo dataset is generated once if needed)."""
+    from ham_utils.data import read_ham10000
+    from ham_utils.prepare import ensure_demo_data
+
+    metadata_csv = resolve_path(params.metadata_csv) if params.metadata_csv else None
+    return read_ham10000(ensure_demo_data(params), metadata_csv, params.verify_images)
+
+
+def describe_recipe(params: Params) -> pd.DataFrame:
+    """The settings of the training recipe, grouped, as a table."""
+    groups = {
+        "model": ("backbone", "weights", "image_size", "head", "dropout"),
+        "imbalance": (
+            "loss",
+            "focal_gamma",
+            "focal_alpha",
+            "class_weight_power",
+            "class_weight_cap",
+            "oversampling",
+        ),
+        "augmentation": ("augment", "rand_augment", "mixup_prob", "cutmix_prob"),
+        "schedule": (
+            "batch_size",
+            "warmup_epochs",
+            "warmup_lr",
+            "finetune_epochs",
+            "finetune_lr",
+            "unfreeze",
+            "lr_schedule",
+            "monitor",
+            "patience",
+        ),
+        "runtime": ("mixed_precision", "jit_compile", "track"),
+    }
+    rows = [(group, key, getattr(params, key)) for group, keys in groups.items() for key in keys]
+    return pd.DataFrame(rows, columns=["group", "setting", "value"]).set_index(["group", "setting"])
+
+
+def open_params_run(params: Params) -> Run:
+    """The finished run these parameters train (``03_training`` makes it)."""
+    from ham_utils.config import RUNS_ROOT
+    from ham_utils.runs import open_run
+    from ham_utils.train import run_id
+
+    return open_run(RUNS_ROOT / run_id(params))
+
+
+def synthetic_warning(run: Run) -> None:
+    if run.synthetic:
+        _show_markdown(SYNTHETIC_WARNING)
+
+
+def headline_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """The headline metrics of one evaluated set, most telling first."""
+    melanoma = metrics["melanoma"]
+    rows = {
+        "images": metrics["n_images"],
+        "balanced accuracy (ISIC 2018 metric)": metrics["balanced_accuracy"],
+        "macro F1": metrics["macro_f1"],
+        "macro ROC AUC (one-vs-rest)": metrics["macro_roc_auc"],
+        "melanoma sensitivity": melanoma["sensitivity"],
+        "melanoma specificity": melanoma["specificity"],
+        "weighted F1": metrics["weighted_f1"],
+        "accuracy": metrics["accuracy"],
+        "expected calibration error": metrics["ece"],
+    }
+    table = pd.DataFrame({"value": rows})
+    table["value"] = [v if isinstance(v, int) or v is None else round(v, 3) for v in rows.values()]
+    return table

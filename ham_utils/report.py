@@ -1,0 +1,105 @@
+"""Run the numbered notebooks in order with papermill: the report of one parameter file.
+
+Executed notebooks go to ``reports/<run_id>/`` with an HTML rendering of each; the figures
+of the EDA, the preprocessing and the run's evaluation are gathered in ``figures/``. A failing
+cell stops everything with the notebook's path and the cell's error.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ham_utils.config import PACKAGE_DIR, PROJECT_ROOT, Params
+
+log = logging.getLogger("ham_utils")
+
+NOTEBOOKS_DIR = PACKAGE_DIR.parent / "notebooks"
+REPORTS_ROOT = PROJECT_ROOT / "reports"
+FIGURES_DIR = PROJECT_ROOT / "figures"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook cell raised; the message names the executed notebook and the error."""
+
+
+def notebooks() -> list[Path]:
+    """The numbered notebooks, in order."""
+    found = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise FileNotFoundError(f"no numbered notebooks in {NOTEBOOKS_DIR}")
+    return found
+
+
+def _to_html(notebook: Path) -> Path:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    target = notebook.with_suffix(".html")
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+def run_notebook(source: Path, target: Path, parameters: dict[str, Any]) -> float:
+    """Execute one notebook into ``target`` (and its HTML); return the seconds it took."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(target),
+            parameters=parameters,
+            cwd=str(source.parent),
+            progress_bar=False,
+            kernel_name="python3",
+        )
+    except PapermillExecutionError as err:
+        raise NotebookFailed(
+            f"{target}: cell {err.exec_count} raised {err.ename}: {err.evalue}\n"
+            f"open {target} (or its .html) to see the cell and the traceback"
+        ) from None
+    finally:
+        if target.is_file():
+            _to_html(target)
+    return time.perf_counter() - start
+
+
+def collect_figures(run_dir: Path | None) -> list[Path]:
+    """Copy the run's evaluation figures and Grad-CAM grids into ``figures/``."""
+    copied = []
+    if run_dir is None:
+        return copied
+    for folder in ("evaluation/figures", "evaluation/gradcam"):
+        for png in sorted((run_dir / folder).glob("*.png")):
+            FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+            copied.append(Path(shutil.copy2(png, FIGURES_DIR / png.name)))
+    return copied
+
+
+def _quiet_papermill() -> None:
+    """papermill and nbconvert log every notebook's paths and kernel chatter at INFO."""
+    for name in ("papermill", "traitlets", "nbconvert"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_report(params: Params, params_file: Path | None, overrides: dict[str, Any]) -> Path:
+    """Execute every numbered notebook with these parameters; return the report folder."""
+    from ham_utils.train import run_id
+
+    _quiet_papermill()
+    report_dir = REPORTS_ROOT / run_id(params)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    parameters = {"params_file": str(params_file) if params_file else "", "overrides": overrides}
+    for source in notebooks():
+        log.info("running %s", source.name)
+        seconds = run_notebook(source, report_dir / source.name, parameters)
+        log.info("%s done in %.0f s -> %s", source.name, seconds, report_dir / source.name)
+    run_dir = PROJECT_ROOT / "runs" / run_id(params)
+    collect_figures(run_dir if run_dir.is_dir() else None)
+    return report_dir

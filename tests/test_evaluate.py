@@ -1,0 +1,61 @@
+"""Evaluation pieces that need no trained run: TTA views, ground-truth lookup, run lookup."""
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from ham_utils.errors import DataError
+from ham_utils.evaluate import find_ground_truth, predictions_table, read_predictions, tta_views
+from ham_utils.runs import open_run
+
+
+def test_tta_views_are_the_distinct_symmetries_of_the_square():
+    image = np.arange(3 * 3 * 3, dtype=np.uint8).reshape(1, 3, 3, 3)  # no symmetry of its own
+    views = tta_views(image, 8)
+    assert len(views) == 8
+    assert len({v.tobytes() for v in views}) == 8
+    np.testing.assert_array_equal(views[0], image)
+    assert all(v.shape == image.shape for v in views)
+    # every view is a permutation of the same pixels
+    assert all(sorted(v.ravel()) == sorted(image.ravel()) for v in views)
+    assert [len(tta_views(image, n)) for n in (1, 2, 4)] == [1, 2, 4]
+    with pytest.raises(ValueError, match="1, 2, 4 or 8"):
+        tta_views(image, 3)
+
+
+def test_predictions_round_trip(tmp_path):
+    classes = ("a", "b", "c")
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
+    table = predictions_table(np.array(["x", "y"]), np.array([0, 1]), probs, classes)
+    assert table["predicted"].tolist() == ["a", "c"]
+    table.to_csv(tmp_path / "p.csv", index=False)
+    ids, labels, back = read_predictions(tmp_path / "p.csv", classes)
+    assert ids.tolist() == ["x", "y"] and labels.tolist() == [0, 1]
+    np.testing.assert_allclose(back, probs)
+
+
+def test_ground_truth_is_found_in_a_folder_or_refused_with_the_candidates(tmp_path):
+    csv = tmp_path / "ISIC2018_Task3_Test_GroundTruth.csv"
+    csv.write_text("image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\n")
+    assert find_ground_truth(tmp_path) == csv
+    assert find_ground_truth(csv) == csv
+    (tmp_path / "ISIC2018_Task3_Validation_GroundTruth.csv").write_text("")
+    with pytest.raises(DataError, match="expected one"):
+        find_ground_truth(tmp_path)
+    with pytest.raises(DataError, match="not found"):
+        find_ground_truth(tmp_path / "missing")
+
+
+def test_unfinished_or_missing_runs_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="not a run folder"):
+        open_run(tmp_path)
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    (tmp_path / "state.json").write_text('{"finished": false}')
+    with pytest.raises(DataError, match="has not finished"):
+        open_run(tmp_path)
+
+
+def test_evaluate_without_any_run_says_how_to_make_one(project_root):
+    result = run_cli(project_root, "evaluate")
+    assert result.returncode == 2
+    assert "no finished run" in result.stderr and "train" in result.stderr
