@@ -79,6 +79,20 @@ def build_augmenter(
 
 
 @keras.saving.register_keras_serializable(package="ham_utils")
+def augmenter_from_params(params: Any) -> keras.layers.Pipeline:
+    """:func:`build_augmenter` with the augmentation settings of a :class:`Params`."""
+    return build_augmenter(
+        flip=params.flip,
+        rotation=params.rotation,
+        zoom=params.zoom,
+        shift=params.shift,
+        brightness=params.brightness,
+        contrast=params.contrast,
+        rand_augment=params.rand_augment,
+        seed=params.seed,
+    )
+
+
 class PixelExactCutMix(keras.layers.CutMix):
     """Keras CutMix whose label weight is the fraction of pixels really pasted.
 

@@ -319,7 +319,7 @@ def plot_augmentation_preview(
     """
     import keras  # imported here: TensorFlow loads slowly
 
-    from ham_utils.augment import MixUpCutMix, build_augmenter
+    from ham_utils.augment import MixUpCutMix, augmenter_from_params
 
     n = min(n, len(images))
     if n < 1:
@@ -328,16 +328,7 @@ def plot_augmentation_preview(
     targets = np.asarray(labels[:n], dtype=np.int64)
     one_hot = np.eye(len(CLASSES), dtype=np.float32)[targets]
 
-    augmenter = build_augmenter(
-        flip=params.flip,
-        rotation=params.rotation,
-        zoom=params.zoom,
-        shift=params.shift,
-        brightness=params.brightness,
-        contrast=params.contrast,
-        rand_augment=params.rand_augment,
-        seed=params.seed,
-    )
+    augmenter = augmenter_from_params(params)
     mixers = {
         "MixUp": MixUpCutMix(1.0, params.mixup_alpha, 0.0, params.cutmix_alpha, seed=params.seed),
         "CutMix": MixUpCutMix(0.0, params.mixup_alpha, 1.0, params.cutmix_alpha, seed=params.seed),

@@ -7,6 +7,7 @@ cell stops everything with the notebook's path and the cell's error.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -96,10 +97,12 @@ def run_report(params: Params, params_file: Path | None, overrides: dict[str, An
     report_dir = REPORTS_ROOT / run_id(params)
     report_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"params_file": str(params_file) if params_file else "", "overrides": overrides}
+    seconds: dict[str, float] = {}
     for source in notebooks():
         log.info("running %s", source.name)
-        seconds = run_notebook(source, report_dir / source.name, parameters)
-        log.info("%s done in %.0f s -> %s", source.name, seconds, report_dir / source.name)
+        seconds[source.stem] = round(run_notebook(source, report_dir / source.name, parameters), 1)
+        log.info("%s done in %.0f s -> %s", source.name, seconds[source.stem], report_dir)
+    (report_dir / "timing.json").write_text(json.dumps(seconds, indent=2) + "\n")
     run_dir = PROJECT_ROOT / "runs" / run_id(params)
     collect_figures(run_dir if run_dir.is_dir() else None)
     return report_dir

@@ -314,22 +314,13 @@ def _set_trainable(model: keras.Model, params: Params, phase: int) -> None:
 
 
 def _streams(params: Params, train_split: Any, val_split: Any, counts: np.ndarray):
-    from ham_utils.augment import MixUpCutMix, build_augmenter
+    from ham_utils.augment import MixUpCutMix, augmenter_from_params
     from ham_utils.losses import class_weights
     from ham_utils.pipeline import EvaluationStream, TrainingStream
 
     augment = None
     if params.augment:
-        augmenter = build_augmenter(
-            flip=params.flip,
-            rotation=params.rotation,
-            zoom=params.zoom,
-            shift=params.shift,
-            brightness=params.brightness,
-            contrast=params.contrast,
-            rand_augment=params.rand_augment,
-            seed=params.seed,
-        )
+        augmenter = augmenter_from_params(params)
         augment = lambda x: augmenter(x, training=True)  # noqa: E731
     mix = None
     if params.mixup_prob or params.cutmix_prob:
