@@ -67,7 +67,7 @@ def bench_training(params_path: str | None, overrides: dict[str, str], epochs: i
 
     from ham_utils.config import CLASSES
     from ham_utils.prepare import cached_split, prepare_splits
-    from ham_utils.train import _compile, _set_trainable, _streams
+    from ham_utils.train import _compile, _set_trainable, _streams, training_input_of
 
     params = load_params(params_path, overrides)
     if not params.splits_csv.is_file():
@@ -94,17 +94,22 @@ def bench_training(params_path: str | None, overrides: dict[str, str], epochs: i
     x = np.asarray(train_split.images[:n], dtype="float32")
     y = keras.utils.to_categorical(train_split.labels[:n], len(CLASSES)).astype("float32")
     alone = images_per_second(x, y=y, batch_size=params.batch_size, shuffle=False)
-    pipeline = images_per_second(stream)
     what = (
         f"{params.backbone} {params.image_size}px, batch {params.batch_size}, "
         f"{keras.backend.backend()}"
     )
-    return [
-        ("training setup", what),
-        ("model alone, in-memory arrays", f"{alone:.1f} images/s"),
-        ("real input stream", f"{pipeline:.1f} images/s"),
-        ("ratio stream / model alone", f"{pipeline / alone:.2f}"),
-    ]
+    rows = [("training setup", what), ("model alone, in-memory arrays", f"{alone:.1f} images/s")]
+    loaders = ["py_dataset"]
+    if keras.backend.backend() == "tensorflow":
+        loaders.insert(0, "tf_data")
+    for loader in loaders:
+        data, callbacks = training_input_of(stream, loader)
+        rate = images_per_second(data, callbacks=callbacks)
+        rows += [
+            (f"real input stream ({loader})", f"{rate:.1f} images/s"),
+            (f"ratio stream / model alone ({loader})", f"{rate / alone:.2f}"),
+        ]
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:

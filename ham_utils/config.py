@@ -87,6 +87,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "monitor": ("val_balanced_accuracy", "val_macro_f1"),
     "mixed_precision": ("auto", "off", "mixed_float16", "mixed_bfloat16"),
     "jit_compile": ("auto", "true", "false"),
+    "loader": ("auto", "tf_data", "py_dataset"),
 }
 
 
@@ -163,7 +164,8 @@ class Params:
     # --- runtime ---
     mixed_precision: str = "auto"  # auto (on with a GPU) | off | mixed_float16 | mixed_bfloat16
     jit_compile: str = "auto"  # auto | true | false
-    workers: int = 2  # threads preparing training batches
+    workers: int = 2  # threads preparing training batches (py_dataset loader)
+    loader: str = "auto"  # auto: tf_data on TensorFlow, py_dataset (no TensorFlow) elsewhere
     track: bool = True  # MLflow tracking into the local store
     run_name: str = ""  # empty: the parameter file's name
     # --- bookkeeping ---

@@ -91,12 +91,18 @@ class TrainingStream(keras.utils.PyDataset):
         # batches keep one compiled step shape.
         return max(1, len(self._order) // self.batch_size)
 
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
+    def raw_batch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``index`` of the current epoch before augmentation: uint8 images, one-hot
+        float32 labels."""
         rows = np.sort(self._order[index * self.batch_size : (index + 1) * self.batch_size])
         # Sorted rows read the memory map sequentially; shuffle back within the batch.
         rows = np.random.default_rng((self.seed, self.epoch, index)).permutation(rows)
-        x = self.images[rows].astype("float32")
         y = keras.utils.to_categorical(self.labels[rows], len(CLASSES)).astype("float32")
+        return np.asarray(self.images[rows]), y
+
+    def transform(self, x: Any, y: Any) -> tuple[Any, ...]:
+        """Augmentation, mixing and sample weights of one batch (eager, or in a tf.data graph)."""
+        x = keras.ops.cast(x, "float32")
         if self.augment is not None:
             x = self.augment(x)
         if self.mix is not None:
@@ -104,6 +110,51 @@ class TrainingStream(keras.utils.PyDataset):
         if self.class_weights is None:
             return x, y
         return x, y, sample_weights_for(y, self.class_weights)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        return self.transform(*self.raw_batch(index))
+
+
+def tf_dataset(stream: TrainingStream) -> Any:
+    """The batches of ``stream`` as a ``tf.data`` pipeline (TensorFlow backend only).
+
+    Reading the cache stays in Python (one fancy-indexing copy per batch); augmentation and
+    MixUp/CutMix run as TensorFlow graph ops on tf.data's thread pool, outside the GIL, which
+    is what keeps a fast accelerator (or both cores of a small CPU) busy. The epoch order
+    still comes from ``stream``: call ``stream.set_epoch`` at each epoch's start
+    (:class:`EpochOrder` does).
+    """
+    import tensorflow as tf
+
+    size = stream.images.shape[1:]
+    autotune = tf.data.AUTOTUNE
+
+    def read(index: Any) -> Any:
+        x, y = tf.numpy_function(
+            lambda i: stream.raw_batch(int(i)), [index], [tf.uint8, tf.float32], stateful=True
+        )
+        x.set_shape((stream.batch_size, *size))
+        y.set_shape((stream.batch_size, len(CLASSES)))
+        return x, y
+
+    return (
+        tf.data.Dataset.range(len(stream))
+        .map(read, num_parallel_calls=autotune)
+        .map(stream.transform, num_parallel_calls=autotune)
+        .prefetch(autotune)
+    )
+
+
+class EpochOrder(keras.callbacks.Callback):
+    """Draws each epoch's order of a :class:`TrainingStream` fed through :func:`tf_dataset`
+    (``model.fit`` calls ``on_epoch_end`` of a PyDataset itself, but not of a tf.data set)."""
+
+    def __init__(self, stream: TrainingStream) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.stream.set_epoch(epoch)
 
 
 class EvaluationStream(keras.utils.PyDataset):

@@ -39,7 +39,15 @@ STATE_FILE = "state.json"
 HISTORY_FILE = "history.csv"
 SCRATCH_BN_MOMENTUM = 0.9
 # Settings that do not change what is trained: the same run folder serves them all.
-NOT_IN_RUN_ID = ("run_name", "workers", "track", "tta", "temperature_scaling", "external_dir")
+NOT_IN_RUN_ID = (
+    "run_name",
+    "workers",
+    "loader",
+    "track",
+    "tta",
+    "temperature_scaling",
+    "external_dir",
+)
 
 
 @dataclass
@@ -350,6 +358,20 @@ def _streams(params: Params, train_split: Any, val_split: Any, counts: np.ndarra
     return train_stream, val_stream, weights
 
 
+def training_input_of(stream: Any, loader: str) -> tuple[Any, list[keras.callbacks.Callback]]:
+    """What ``fit`` iterates, and the callbacks it needs: a ``tf.data`` pipeline on the
+    TensorFlow backend (graph-mode augmentation outside the GIL), else the PyDataset itself."""
+    from ham_utils.config import ParamsError
+    from ham_utils.pipeline import EpochOrder, tf_dataset
+
+    tensorflow = keras.backend.backend() == "tensorflow"
+    if loader == "tf_data" and not tensorflow:
+        raise ParamsError("loader: tf_data needs the TensorFlow backend; use py_dataset or auto")
+    if loader == "tf_data" or (loader == "auto" and tensorflow):
+        return tf_dataset(stream), [EpochOrder(stream)]
+    return stream, []
+
+
 def _write_run_files(
     run_dir: Path, params: Params, weights: np.ndarray | None, policy: str
 ) -> None:
@@ -396,6 +418,7 @@ def train(params: Params, runs_root: Path = RUNS_ROOT, progress: bool = True) ->
         _write_run_files(run_dir, params, weights, policy)
     steps = len(train_stream)
     images_per_epoch = steps * params.batch_size
+    training_input, input_callbacks = training_input_of(train_stream, params.loader)
 
     strategy = distribution_strategy()
     tracker = Tracker(params, run_dir, state)
@@ -429,11 +452,12 @@ def train(params: Params, runs_root: Path = RUNS_ROOT, progress: bool = True) ->
                     _compile(model, params, phase, steps, counts)
             train_stream.set_epoch(state.epochs_done)
             model.fit(
-                train_stream,
+                training_input,
                 validation_data=val_stream,
                 initial_epoch=state.epochs_done,
                 epochs=last,
                 callbacks=[
+                    *input_callbacks,
                     *_plateau_callback(params, phase),
                     RunCheckpoint(run_dir, state, params, images_per_epoch),
                     tracker.callback(),

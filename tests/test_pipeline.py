@@ -88,3 +88,32 @@ def test_evaluation_stream_keeps_order_and_every_image(images):
     np.testing.assert_array_equal(xs, images.astype("float32"))
     np.testing.assert_array_equal(ys.argmax(axis=1), LABELS)
     assert EvaluationStream(images, None, 32)[0][0].shape == (32, 16, 16, 3)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data on TensorFlow")
+def test_tf_data_pipeline_gives_the_stream_batches_transformed_in_graph_mode(images):
+    from ham_utils.augment import MixUpCutMix, build_augmenter
+    from ham_utils.pipeline import EpochOrder, tf_dataset
+
+    augmenter = build_augmenter(seed=1)
+    stream = TrainingStream(
+        images,
+        LABELS,
+        8,
+        seed=3,
+        augment=lambda x: augmenter(x, training=True),
+        mix=MixUpCutMix(0.5, 0.2, 0.5, 1.0, seed=2),
+        class_weights=np.linspace(1.0, 2.0, 7),
+    )
+    EpochOrder(stream).on_epoch_begin(4)
+    assert stream.epoch == 4
+    batches = list(tf_dataset(stream))
+    assert len(batches) == len(stream)
+    for index, (x, y, w) in enumerate(batches):
+        raw_x, raw_y = stream.raw_batch(index)
+        assert x.shape == raw_x.shape and x.dtype == "float32"
+        assert not np.allclose(x.numpy(), raw_x)  # augmented
+        np.testing.assert_allclose(y.numpy().sum(axis=1), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(w.numpy(), y.numpy() @ np.linspace(1.0, 2.0, 7), rtol=1e-5)
+    again = list(tf_dataset(stream))
+    assert not np.allclose(batches[0][0].numpy(), again[0][0].numpy())  # fresh random draws
