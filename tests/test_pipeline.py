@@ -110,7 +110,7 @@ def test_tf_data_pipeline_gives_the_stream_batches_transformed_in_graph_mode(ima
     batches = list(tf_dataset(stream))
     assert len(batches) == len(stream)
     for index, (x, y, w) in enumerate(batches):
-        raw_x, raw_y = stream.raw_batch(index)
+        raw_x, _ = stream.raw_batch(index)
         assert x.shape == raw_x.shape and x.dtype == "float32"
         assert not np.allclose(x.numpy(), raw_x)  # augmented
         np.testing.assert_allclose(y.numpy().sum(axis=1), 1.0, rtol=1e-6)
