@@ -82,7 +82,7 @@ def build_split_cache(
         return open_cache(npy, index_csv)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = npy.with_suffix(".npy.tmp")
+    tmp = npy.with_suffix(f".{os.getpid()}.npy.tmp")  # two processes never share a file
     images = np.lib.format.open_memmap(
         tmp, mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3)
     )

@@ -181,6 +181,10 @@ def _evaluate_set(
     )
     (data.out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     _write_figures(data.out_dir, data.labels, probs, metrics, run)
+    if params.track:
+        from ham_utils.tracking import log_evaluation
+
+        log_evaluation(run.path, data.name, metrics, data.out_dir)
     log.info(
         "%s: balanced accuracy %.3f, macro F1 %.3f on %d images -> %s",
         data.name,

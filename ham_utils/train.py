@@ -393,16 +393,39 @@ def _write_run_files(
 
 def train(params: Params, runs_root: Path = RUNS_ROOT, progress: bool = True) -> Path:
     """Train (or resume, or find finished) the run of these parameters; return its folder."""
-    from ham_utils.models import build_model, load_model
-    from ham_utils.prepare import cached_split, prepare_splits
-    from ham_utils.tracking import Tracker
-
     run_dir = runs_root / run_id(params)
     state = RunState.load(run_dir)
     if state.finished:
         log.info("run %s is already complete", run_dir)
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(run_dir):
+        return _train(params, run_dir, RunState.load(run_dir), progress)
+
+
+@contextlib.contextmanager
+def _exclusive(run_dir: Path) -> Any:
+    """Hold a lock on the run folder: a second process training the same run would
+    overwrite its checkpoints."""
+    import fcntl
+
+    from ham_utils.errors import DataError
+
+    with open(run_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(
+                f"another process is training {run_dir}; wait for it to finish (or stop it)"
+            ) from None
+        yield
+
+
+def _train(params: Params, run_dir: Path, state: RunState, progress: bool) -> Path:
+    from ham_utils.models import build_model, load_model
+    from ham_utils.prepare import cached_split, prepare_splits
+    from ham_utils.tracking import Tracker
+
     keras.utils.set_random_seed(params.seed)
     device = accelerator()
     policy = precision_policy(params.mixed_precision, device)
@@ -491,6 +514,9 @@ def _finish(run_dir: Path, state: RunState) -> None:
         for phase, seconds in state.seconds.items()
     }
     (run_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    from ham_utils.plots import plot_training_curves
+
+    plot_training_curves(pd.read_csv(run_dir / HISTORY_FILE), run_dir / "training_curves.png")
     state.finished = True
     state.save(run_dir)
     shutil.rmtree(checkpoints, ignore_errors=True)

@@ -47,6 +47,30 @@ def test_run_id_follows_the_parameters():
     assert run_id(base).startswith("x-")
 
 
+def test_plateau_schedule_adds_reduce_lr_on_plateau_in_phase_two_only():
+    from ham_utils.train import _plateau_callback
+
+    plateau = load_params(None, {"lr_schedule": "plateau", "patience": 6})
+    (callback,) = _plateau_callback(plateau, phase=2)
+    assert callback.monitor == "val_balanced_accuracy" and callback.patience == 3
+    assert _plateau_callback(plateau, phase=1) == []
+    assert _plateau_callback(load_params(None, {}), phase=2) == []
+
+
+def test_a_run_being_trained_by_another_process_is_refused(project_root):
+    import fcntl
+
+    args = ["train", *tiny_args(run_name="locked")]  # on top of the default params/smoke.yaml
+    params = load_params(REPO / "params" / "smoke.yaml", {**TINY, "run_name": "locked"})
+    run_dir = project_root / "runs" / run_id(params)
+    run_dir.mkdir(parents=True)
+    with open(run_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = run_cli(project_root, *args)
+    assert result.returncode == 2
+    assert "another process is training" in result.stderr
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped_and_tracks_one_mlflow_run(project_root):
     args = ["train", *tiny_args(finetune_epochs=3, track="true", run_name="resume")]
@@ -86,7 +110,8 @@ def test_killed_run_resumes_where_it_stopped_and_tracks_one_mlflow_run(project_r
     pd.testing.assert_frame_equal(history.iloc[:done], history_before.iloc[:done])
     state = json.loads((run_dir / "state.json").read_text())
     assert state["finished"] and state["epochs_done"] == 4
-    for name in ("best.keras", "last.keras", "params.yaml", "splits.csv", "timing.json"):
+    files = ("best.keras", "last.keras", "params.yaml", "splits.csv", "timing.json")
+    for name in (*files, "training_curves.png"):
         assert (run_dir / name).is_file(), name
 
     import mlflow
