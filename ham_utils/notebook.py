@@ -6,6 +6,11 @@ import logging
 import os
 from typing import Any
 
+# A notebook keeps every progress-bar update as output: update every 10 s, not 10 times a
+# second. tqdm reads TQDM_* variables as its defaults when it is first imported, so this
+# comes before anything that imports it.
+os.environ.setdefault("TQDM_MININTERVAL", "10")
+
 import pandas as pd
 
 from ham_utils.config import Params, load_params, resolve_path
@@ -29,9 +34,6 @@ def _show_markdown(text: str) -> None:
 
 def setup(params_file: str, overrides: dict[str, Any] | None = None) -> Params:
     """Log to the notebook, read the parameters, and flag synthetic data loudly."""
-    # A notebook keeps every progress-bar update as output: update every 10 s, not 10 times
-    # a second (tqdm reads TQDM_* variables as defaults).
-    os.environ.setdefault("TQDM_MININTERVAL", "10")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", force=True)
     logging.captureWarnings(True)
     params = load_params(resolve_path(params_file) if params_file else None, overrides or {})
