@@ -24,7 +24,7 @@ override SETS := $(if $(DATA_DIR),--set data_dir=$(abspath $(DATA_DIR))) $(forea
 HAM := $(PY) -m ham_utils
 
 .PHONY: all venv data demo split cache train evaluate gradcam mlflow-ui test lint format bench \
-	clean help
+	bench-all clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -68,6 +68,9 @@ test: lint  ## lint, then the whole test suite
 
 bench: $(STAMP)  ## print speed figures (cache build, ...)
 	$(PY) -m ham_utils.bench --params $(PARAMS) $(SETS)
+
+bench-all: $(STAMP)  ## time every notebook of `make all` from a fresh project folder
+	$(PY) -m ham_utils.bench --report --params $(PARAMS) $(SETS)
 
 train: cache  ## train (or resume) the recipe of PARAMS; prints the run folder
 	$(HAM) train --params $(PARAMS) $(SETS)
