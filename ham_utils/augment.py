@@ -78,7 +78,6 @@ def build_augmenter(
     return keras.layers.Pipeline(layers, name="augmenter")
 
 
-@keras.saving.register_keras_serializable(package="ham_utils")
 def augmenter_from_params(params: Any) -> keras.layers.Pipeline:
     """:func:`build_augmenter` with the augmentation settings of a :class:`Params`."""
     return build_augmenter(
@@ -93,6 +92,7 @@ def augmenter_from_params(params: Any) -> keras.layers.Pipeline:
     )
 
 
+@keras.saving.register_keras_serializable(package="ham_utils")
 class PixelExactCutMix(keras.layers.CutMix):
     """Keras CutMix whose label weight is the fraction of pixels really pasted.
 
