@@ -6,6 +6,7 @@ evaluation artifacts, the Grad-CAM overlays, and whether the model learned at al
 
 import json
 import math
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -122,6 +123,34 @@ def test_gradcam_overlays_have_the_size_of_the_input_image(report):
     for path in written:
         with Image.open(path) as overlay:
             assert overlay.size == (256, 256)  # drawn at the display size, square like the input
+
+
+@pytest.mark.slow
+def test_an_external_isic_2018_set_is_evaluated_in_its_own_folder(report):
+    root, _, run_dir = report
+    splits = pd.read_csv(run_dir / "splits.csv")
+    rows = splits[splits["split"] == "test"].head(20)
+    external = root / "isic2018"
+    images = external / "ISIC2018_Task3_Test_Input"
+    images.mkdir(parents=True)
+    truth = {"image": []} | {c.upper(): [] for c in CLASSES}
+    for row in rows.itertuples():
+        image_id = f"ISIC_{len(truth['image']):07d}"
+        (images / f"{image_id}.jpg").write_bytes(Path(row.path).read_bytes())
+        truth["image"].append(image_id)
+        for c in CLASSES:
+            truth[c.upper()].append(1.0 if c == row.dx else 0.0)
+    pd.DataFrame(truth).to_csv(external / "ISIC2018_Task3_Test_GroundTruth.csv", index=False)
+
+    result = run_cli(root, "evaluate", "--run", str(run_dir), "--external", str(external))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = run_dir / "evaluation" / "external"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["set"] == "external" and metrics["n_images"] == len(rows)
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert predictions["image_id"].str.startswith("ISIC_").all()
+    assert predictions["true"].tolist() == rows["dx"].tolist()
+    assert (out / "figures" / "confusion_matrix.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
