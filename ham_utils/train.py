@@ -482,8 +482,10 @@ def _train(params: Params, run_dir: Path, state: RunState, progress: bool) -> Pa
                 callbacks=[
                     *input_callbacks,
                     *_plateau_callback(params, phase),
-                    RunCheckpoint(run_dir, state, params, images_per_epoch),
+                    # Log to MLflow before the checkpoint marks the epoch done: a run killed
+                    # in between redoes (and re-logs) the epoch instead of losing its metrics.
                     tracker.callback(),
+                    RunCheckpoint(run_dir, state, params, images_per_epoch),
                 ],
                 verbose=_keras_verbosity(progress),
             )
