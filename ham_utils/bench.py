@@ -66,15 +66,16 @@ def bench_training(params_path: str | None, overrides: dict[str, str], epochs: i
     import numpy as np
 
     from ham_utils.config import CLASSES
-    from ham_utils.prepare import cached_split, prepare_splits
-    from ham_utils.train import _compile, _set_trainable, _streams, training_input_of
+    from ham_utils.train import (
+        _compile,
+        _set_trainable,
+        _streams,
+        training_input_of,
+        training_splits,
+    )
 
     params = load_params(params_path, overrides)
-    if not params.splits_csv.is_file():
-        prepare_splits(params, progress=False)
-    train_split = cached_split(params, "train", progress=False)
-    val_split = cached_split(params, "val", progress=False)
-    counts = np.bincount(train_split.labels, minlength=len(CLASSES))
+    train_split, val_split, counts = training_splits(params, progress=False)
     stream, _, _ = _streams(params, train_split, val_split, counts)
     steps = len(stream)
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ham_utils.config import PACKAGE_DIR, PROJECT_ROOT, Params
+from ham_utils.config import PACKAGE_DIR, PROJECT_ROOT, RUNS_ROOT, Params
 
 log = logging.getLogger("ham_utils")
 
@@ -103,6 +103,6 @@ def run_report(params: Params, params_file: Path | None, overrides: dict[str, An
         seconds[source.stem] = round(run_notebook(source, report_dir / source.name, parameters), 1)
         log.info("%s done in %.0f s -> %s", source.name, seconds[source.stem], report_dir)
     (report_dir / "timing.json").write_text(json.dumps(seconds, indent=2) + "\n")
-    run_dir = PROJECT_ROOT / "runs" / run_id(params)
+    run_dir = RUNS_ROOT / run_id(params)
     collect_figures(run_dir if run_dir.is_dir() else None)
     return report_dir

@@ -358,6 +358,17 @@ def _streams(params: Params, train_split: Any, val_split: Any, counts: np.ndarra
     return train_stream, val_stream, weights
 
 
+def training_splits(params: Params, progress: bool = True) -> tuple[Any, Any, np.ndarray]:
+    """The cached train and val splits (split first if needed) and the train class counts."""
+    from ham_utils.prepare import cached_split, prepare_splits
+
+    if not params.splits_csv.is_file():
+        prepare_splits(params, progress=progress)
+    train_split = cached_split(params, "train", progress=progress)
+    val_split = cached_split(params, "val", progress=progress)
+    return train_split, val_split, np.bincount(train_split.labels, minlength=len(CLASSES))
+
+
 def training_input_of(stream: Any, loader: str) -> tuple[Any, list[keras.callbacks.Callback]]:
     """What ``fit`` iterates, and the callbacks it needs: a ``tf.data`` pipeline on the
     TensorFlow backend (graph-mode augmentation outside the GIL), else the PyDataset itself."""
@@ -423,7 +434,6 @@ def _exclusive(run_dir: Path) -> Any:
 
 def _train(params: Params, run_dir: Path, state: RunState, progress: bool) -> Path:
     from ham_utils.models import build_model, load_model
-    from ham_utils.prepare import cached_split, prepare_splits
     from ham_utils.tracking import Tracker
 
     keras.utils.set_random_seed(params.seed)
@@ -431,11 +441,7 @@ def _train(params: Params, run_dir: Path, state: RunState, progress: bool) -> Pa
     policy = precision_policy(params.mixed_precision, device)
     keras.mixed_precision.set_global_policy(policy)
 
-    if not params.splits_csv.is_file():
-        prepare_splits(params, progress=progress)
-    train_split = cached_split(params, "train", progress=progress)
-    val_split = cached_split(params, "val", progress=progress)
-    counts = np.bincount(train_split.labels, minlength=len(CLASSES))
+    train_split, val_split, counts = training_splits(params, progress)
     train_stream, val_stream, weights = _streams(params, train_split, val_split, counts)
     if not (run_dir / "params.yaml").is_file():
         _write_run_files(run_dir, params, weights, policy)
