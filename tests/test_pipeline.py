@@ -1,4 +1,7 @@
+import copy
 import math
+import os
+import pickle
 
 import keras
 import numpy as np
@@ -80,6 +83,33 @@ def test_augment_and_mix_are_applied_to_training_batches(images):
     assert calls == ["augment", "mix"] and np.all(np.asarray(x) == 1)
 
 
+def test_training_batches_draw_fresh_augmentation_and_trace_it_once(images):
+    from ham_utils.augment import build_augmenter
+
+    augmenter = build_augmenter(seed=1)
+    traces = []
+
+    def augment(x):
+        traces.append(1)
+        return augmenter(x, training=True)
+
+    stream = TrainingStream(images, LABELS, 8, seed=1, augment=augment)
+    first, second = (np.asarray(stream[0][0]) for _ in range(2))
+    assert not np.allclose(first, second)  # the same batch, new random draws
+    if keras.backend.backend() == "tensorflow":
+        assert len(traces) == 1  # one tf.function, not ~100 eager ops per batch
+
+
+def test_copies_of_a_used_stream_compile_their_own_transform(images):
+    stream = TrainingStream(images, LABELS, 8, seed=1)
+    stream[0]
+    again = pickle.loads(pickle.dumps(stream))
+    np.testing.assert_array_equal(np.asarray(again[1][0]), np.asarray(stream[1][0]))
+    plain = copy.copy(stream)
+    plain.class_weights = np.ones(7, "float32")
+    assert len(plain[0]) == 3 and len(stream[0]) == 2  # not the original's compiled transform
+
+
 def test_evaluation_stream_keeps_order_and_every_image(images):
     stream = EvaluationStream(images, LABELS, batch_size=32)
     assert len(stream) == math.ceil(len(LABELS) / 32)
@@ -117,3 +147,14 @@ def test_tf_data_pipeline_gives_the_stream_batches_transformed_in_graph_mode(ima
         np.testing.assert_allclose(w.numpy(), y.numpy() @ np.linspace(1.0, 2.0, 7), rtol=1e-5)
     again = list(tf_dataset(stream))
     assert not np.allclose(batches[0][0].numpy(), again[0][0].numpy())  # fresh random draws
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data on TensorFlow")
+def test_tf_data_pipeline_runs_without_the_autotuner_on_its_own_threads(images):
+    from ham_utils.pipeline import tf_dataset
+
+    options = tf_dataset(TrainingStream(images, LABELS, 8, seed=3)).options()
+    # The autotuner's background thread could block the end of an epoch for seconds.
+    assert options.autotune.enabled is False
+    assert options.threading.private_threadpool_size == (os.cpu_count() or 1)
+    assert options.threading.max_intra_op_parallelism == 1
