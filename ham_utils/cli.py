@@ -148,6 +148,39 @@ def cmd_gradcam(args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """One JSON line per image; exit code 1 when any image could not be predicted."""
+    import json
+
+    from ham_utils.predict import Predictor, predict_paths
+
+    run = _run(args)
+    if not args.images:
+        raise ParamsError("give at least one image file or folder to predict")
+    predictor = Predictor(run, args.which)
+    gradcam_dir = Path(args.gradcam) if args.gradcam else None
+    failed = 0
+    for record in predict_paths(predictor, args.images, gradcam_dir):
+        failed += "error" in record
+        print(json.dumps(record), flush=True)
+    if failed:
+        log.warning('%d image(s) could not be predicted; see their "error" lines', failed)
+    return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from ham_utils.export import RUNTIMES, export_run
+
+    run = _run(args)
+    exported = export_run(run, args.format, Path(args.out) if args.out else None, args.which)
+    print(
+        f"{args.format} export of {run.name} ({args.which}), run in {RUNTIMES[args.format]}: "
+        f"max abs difference to the Keras model {exported.max_difference:.2g}"
+    )
+    print(f"inputs, outputs and classes: {exported.sidecar}")
+    print(exported.path)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from ham_utils.report import run_report
 
@@ -163,13 +196,15 @@ def cmd_download(args: argparse.Namespace) -> None:
     print(download_kaggle(Path(args.dest)))
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
     "synth": (cmd_synth, "generate the SYNTHETIC demo dataset (HAM10000 layout)"),
     "split": (cmd_split, "read and validate the data, write the lesion-aware splits.csv"),
     "cache": (cmd_cache, "decode and resize every image once into the uint8 cache"),
     "train": (cmd_train, "train (or resume) the two-phase recipe; prints the run folder"),
     "evaluate": (cmd_evaluate, "predict the test split (and an external set): metrics, figures"),
     "gradcam": (cmd_gradcam, "Grad-CAM overlays of images, or per-class grids of test images"),
+    "predict": (cmd_predict, "classify image files or folders: one JSON line per image"),
+    "export": (cmd_export, "write the model as TFLite, ONNX or SavedModel, checked against Keras"),
     "report": (cmd_report, "run the numbered notebooks with papermill into reports/<run_id>/"),
     "download": (cmd_download, "download HAM10000 from Kaggle and verify its layout"),
 }
@@ -196,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "synth":
             p.add_argument("--out", help="write to this folder instead of data/demo/...")
-        if name in ("evaluate", "gradcam"):
+        if name in ("evaluate", "gradcam", "predict"):
             p.add_argument("--run", default="", help="run folder (default: the latest run)")
             p.add_argument("--which", default="best", choices=("best", "last"), help="model")
         if name == "evaluate":
@@ -206,6 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--class", dest="class_name", default=None, help="class to explain")
             p.add_argument("--out", default=None, help="output folder")
             p.add_argument("--per-class", type=int, default=3, help="images per group in grids")
+        if name == "predict":
+            p.add_argument("images", nargs="*", help="image files or folders of images")
+            p.add_argument("--gradcam", default=None, help="write Grad-CAM overlays here")
+        if name == "export":
+            from ham_utils.export import FORMATS
+
+            p.add_argument("--run", default="", help="run folder (default: the latest run)")
+            p.add_argument("--format", required=True, choices=FORMATS, help="export format")
+            p.add_argument("--out", default=None, help="output folder (default: RUN/export)")
+            p.add_argument("--which", default="best", choices=("best", "last"), help="model")
         if name == "download":
             p.add_argument("--dest", default="data/ham10000", help="target folder")
     return parser
@@ -220,8 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
     try:
-        args.func(args)
+        code = args.func(args)
     except (DataError, ParamsError, FileNotFoundError, NotebookFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0

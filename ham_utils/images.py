@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +20,25 @@ from ham_utils.errors import DataError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
-# Refuse images whose pixel count would need more than ~0.5 GB to decode (about 180 MP);
-# Pillow's own bomb check only warns below twice its limit.
-MAX_PIXELS = 180_000_000
+# Refuse images of more than 100 MP (300 MB as 8-bit RGB) before decoding them: far above any
+# dermatoscope or phone photo. Pillow's own bomb check only warns up to ~179 MP and refuses
+# above; both end in the same message.
+MAX_PIXELS = 100_000_000
 
 ImageSource = str | os.PathLike[str] | bytes
 
 
-def open_rgb(source: ImageSource, draft_size: int | None = None) -> Image.Image:
+DATASET_FIX = "replace it with an intact JPEG/PNG or remove its metadata row"
+
+
+def open_rgb(
+    source: ImageSource, draft_size: int | None = None, fix: str = DATASET_FIX
+) -> Image.Image:
     """Open and fully decode an image as 8-bit RGB, applying its EXIF orientation.
 
     16-bit, CMYK, grayscale, palette and RGBA images are converted (alpha is composited on
     white). Raises :class:`DataError` naming the file for anything that is not a readable
-    image: empty, truncated, corrupt, or too large.
+    image: empty, truncated, corrupt, or too large; ``fix`` ends the message of a corrupt one.
     """
     name = "uploaded image" if isinstance(source, bytes) else str(source)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
@@ -40,7 +47,11 @@ def open_rgb(source: ImageSource, draft_size: int | None = None) -> Image.Image:
             raise DataError(f"{name} is empty (0 bytes); upload a JPEG, PNG, BMP or TIFF image")
         if not isinstance(source, bytes) and os.path.getsize(source) == 0:
             raise DataError(f"{name} is empty (0 bytes); replace it with the original image")
-        with Image.open(fp) as im:
+        with warnings.catch_warnings():
+            # Pillow warns above ~89 MP; the size is checked here against MAX_PIXELS instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(fp)
+        with im:
             if im.width * im.height > MAX_PIXELS:
                 raise DataError(
                     f"{name} is {im.width}x{im.height} pixels, more than {MAX_PIXELS:,}; "
@@ -54,17 +65,23 @@ def open_rgb(source: ImageSource, draft_size: int | None = None) -> Image.Image:
             return _to_rgb8(im)
     except DataError:
         raise
+    except Image.DecompressionBombError as e:
+        raise DataError(
+            f"{name} has more than {MAX_PIXELS:,} pixels ({e}); downscale it before use"
+        ) from e
     except (
         UnidentifiedImageError,
         OSError,
         SyntaxError,
         ValueError,
-        Image.DecompressionBombError,
     ) as e:
-        raise DataError(
-            f"{name} is not a readable image ({type(e).__name__}: {e}); "
-            "replace it with an intact JPEG/PNG or remove its metadata row"
-        ) from e
+        # Pillow's message names the file object (unreadable for uploaded bytes).
+        detail = (
+            "unknown format"
+            if isinstance(e, UnidentifiedImageError)
+            else f"{type(e).__name__}: {e}"
+        )
+        raise DataError(f"{name} is not a readable image ({detail}); {fix}") from e
 
 
 def _to_rgb8(im: Image.Image) -> Image.Image:

@@ -1,9 +1,14 @@
+import io
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,9 +26,86 @@ def run_cli(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedP
     )
 
 
+def lesion(width: int = 120, height: int = 90, seed: int = 0) -> np.ndarray:
+    """A brown blob on skin tone with noise: image-like, different per seed."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+    blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < (0.25 * min(width, height)) ** 2
+    image = np.empty((height, width, 3))
+    image[:] = rng.uniform(150, 230, 3)
+    image[blob] = rng.uniform(40, 120, 3)
+    return np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype("uint8")
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` (decoding would need gigabytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
 @pytest.fixture
 def project_root(tmp_path) -> Path:
     """An empty project folder for outputs (data/, runs/, mlflow.db)."""
     root = tmp_path / "project"
     root.mkdir()
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished run folder as training writes it, holding an EfficientNetB0 at 32 px with
+    random weights: what the app, ``predict`` and ``export`` read, without minutes of training.
+
+    Its batch-norm statistics are set from one batch of varied images: with the initial
+    statistics the network gives almost exactly 1/7 for every image, which would hide wrong
+    outputs in comparisons.
+    """
+    import json
+
+    import keras
+    import numpy as np
+    import yaml
+
+    from ham_utils.config import CLASSES, load_params
+    from ham_utils.models import build_model
+
+    params = load_params(REPO / "params" / "smoke.yaml", {"image_size": 32, "track": False})
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    run_dir.mkdir()
+    keras.utils.set_random_seed(0)
+    model = build_model(params.backbone, params.image_size, "none", params.head, params.dropout)
+    rng = np.random.default_rng(0)
+    colours = rng.uniform(0, 255, (64, 1, 1, 3))
+    images = np.clip(colours + rng.normal(0, 40, (64, 32, 32, 3)), 0, 255).astype("float32")
+    norms = [
+        layer
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    for layer in norms:
+        layer.momentum, momentum = 0.0, layer.momentum  # next call copies batch statistics
+    model(images, training=True)
+    for layer in norms:
+        layer.momentum = momentum
+    logits = model.get_layer("logits")  # soften, so no class takes all the probability
+    kernel, bias = logits.get_weights()
+    logits.set_weights([kernel * 0.1, bias])
+    model.save(run_dir / "best.keras")
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(params.as_dict(), sort_keys=False))
+    (run_dir / "classes.json").write_text(json.dumps(list(CLASSES)))
+    (run_dir / "splits.json").write_text(json.dumps({"synthetic": True}))
+    (run_dir / "state.json").write_text(json.dumps({"finished": True}))
+    return run_dir

@@ -1,0 +1,185 @@
+"""Predicting single images: every kind of input file, calibration, and the predict command."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import encode, lesion, png_header_only, run_cli
+from PIL import Image
+
+from ham_utils.config import CLASSES, RISK_OF_CLASS
+from ham_utils.errors import DataError
+from ham_utils.images import MAX_PIXELS
+from ham_utils.predict import Predictor, predict_paths
+from ham_utils.runs import open_run
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run) -> Predictor:
+    return Predictor(open_run(tiny_run))
+
+
+def test_prediction_has_probabilities_risk_and_gradcam(predictor):
+    prediction = predictor.predict(encode(Image.fromarray(lesion()), "JPEG"), "blob.jpg")
+    assert prediction.probabilities.shape == (len(CLASSES),)
+    assert prediction.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    ranked = prediction.ranked()
+    assert [p for _, p in ranked] == sorted((p for _, p in ranked), reverse=True)
+    assert prediction.predicted == ranked[0][0] == prediction.explained_class
+    assert prediction.risk == RISK_OF_CLASS[prediction.predicted]
+    assert sum(prediction.risk_probabilities().values()) == pytest.approx(1.0, abs=1e-5)
+    assert prediction.heatmap.min() >= 0.0 and prediction.heatmap.max() <= 1.0
+    assert prediction.display.shape == (256, 256, 3) and prediction.display.dtype == np.uint8
+    faint, strong = prediction.overlay(0.1), prediction.overlay(0.9)
+    assert faint.shape == strong.shape == prediction.display.shape
+    assert (
+        np.abs(faint.astype(int) - prediction.display).mean()
+        < np.abs(strong.astype(int) - prediction.display).mean()
+    )
+    record = prediction.as_record()
+    assert record["image"] == "blob.jpg" and list(record["probabilities"]) == list(CLASSES)
+    assert json.loads(json.dumps(record)) == record
+
+
+def test_another_class_can_be_explained(predictor):
+    data = encode(Image.fromarray(lesion(seed=3)), "PNG")
+    own = predictor.predict(data)
+    other = next(c for c, _ in own.ranked()[1:])
+    explained = predictor.predict(data, explain_class=other)
+    assert explained.explained_class == other and explained.predicted == own.predicted
+    np.testing.assert_allclose(explained.probabilities, own.probabilities, atol=1e-6)
+    with pytest.raises(ValueError, match="explain_class"):
+        predictor.predict(data, explain_class="melanoma")
+
+
+def _variants() -> dict[str, bytes]:
+    rgb = Image.fromarray(lesion(seed=5))
+    gray16 = Image.fromarray(np.asarray(rgb.convert("L"), dtype="uint16") * 200)
+    rgba = rgb.convert("RGBA")
+    return {
+        "rgb.png": encode(rgb, "PNG"),
+        "rgba_opaque.png": encode(rgba, "PNG"),
+        "cmyk.jpg": encode(rgb.convert("CMYK"), "JPEG", quality=95),
+        "gray.jpg": encode(rgb.convert("L"), "JPEG", quality=95),
+        "gray16.png": encode(gray16, "PNG"),
+        "palette.bmp": encode(rgb.convert("P"), "BMP"),
+        "rgb.tiff": encode(rgb, "TIFF"),
+    }
+
+
+def test_every_image_mode_is_converted_and_predicted(predictor):
+    predictions = {name: predictor.predict(data, name) for name, data in _variants().items()}
+    reference = predictions["rgb.png"].probabilities
+    # Opaque alpha changes nothing; the other conversions change pixels, not the pipeline.
+    np.testing.assert_allclose(predictions["rgba_opaque.png"].probabilities, reference, atol=1e-6)
+    for name, prediction in predictions.items():
+        assert prediction.probabilities.sum() == pytest.approx(1.0, abs=1e-5), name
+
+
+def test_exif_orientation_is_applied(predictor):
+    pixels = np.zeros((60, 120, 3), dtype="uint8")
+    pixels[:, :60] = (255, 0, 0)  # left half red, right half blue
+    pixels[:, 60:] = (0, 0, 255)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    prediction = predictor.predict(encode(image, "JPEG", exif=exif, quality=95))
+    top, bottom = (
+        prediction.display[:100].mean(axis=(0, 1)),
+        prediction.display[-100:].mean(axis=(0, 1)),
+    )
+    assert top[0] > 200 and top[2] < 60, top  # the red half is on top once turned
+    assert bottom[2] > 200 and bottom[0] < 60, bottom
+
+
+def test_a_very_large_photo_is_predicted(predictor):
+    big = Image.fromarray(lesion(800, 600, seed=2)).resize((8000, 6000))
+    prediction = predictor.predict(encode(big, "JPEG", quality=80), "big.jpg")
+    assert prediction.display.shape == (256, 256, 3)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty"),
+        (b"GIF89a but not really", "not a readable image"),
+        (encode(Image.fromarray(lesion()), "JPEG")[:600], "not a readable image"),
+        (png_header_only(15_000, 10_000), f"more than {MAX_PIXELS:,}"),
+        (png_header_only(20_000, 10_000), f"more than {MAX_PIXELS:,}"),
+    ],
+    ids=["empty", "not-an-image", "truncated", "150-megapixels", "200-megapixels"],
+)
+def test_bad_uploads_are_refused_with_the_file_name(predictor, data, message):
+    with pytest.raises(DataError, match=message) as error:
+        predictor.predict(data, "upload.jpg")
+    assert "upload.jpg" in str(error.value)
+
+
+def test_calibrated_probabilities_when_the_run_has_a_temperature(tiny_run, tmp_path, predictor):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    (run_dir / "evaluation").mkdir(exist_ok=True)
+    (run_dir / "evaluation" / "metrics.json").write_text(json.dumps({"temperature": 3.0}))
+    calibrated = Predictor(open_run(run_dir), model=predictor.explainer.model)
+    data = encode(Image.fromarray(lesion(seed=9)), "PNG")
+    raw, hot = predictor.predict(data), calibrated.predict(data)
+    assert predictor.temperature is None and calibrated.temperature == 3.0
+    assert hot.predicted == raw.predicted
+    assert hot.probabilities.max() < raw.probabilities.max()  # T > 1 flattens
+    expected = np.exp(np.log(raw.probabilities) / 3.0)
+    np.testing.assert_allclose(hot.probabilities, expected / expected.sum(), atol=1e-5)
+
+
+def test_predict_paths_reports_each_bad_file_and_never_overwrites_overlays(predictor, tmp_path):
+    folder = tmp_path / "images"
+    (folder / "more").mkdir(parents=True)
+    Image.fromarray(lesion(seed=1)).save(folder / "a.jpg")
+    Image.fromarray(lesion(seed=2)).save(folder / "more" / "a.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "notes.txt").write_text("not an image, and not an image suffix: skipped")
+    out = tmp_path / "overlays"
+    records = list(
+        predict_paths(predictor, [folder, folder / "more" / "a.png", tmp_path / "gone.jpg"], out)
+    )
+    images = [r["image"] for r in records]
+    assert images == [
+        str(folder / "a.jpg"),
+        str(folder / "broken.png"),
+        str(folder / "more" / "a.png"),
+        str(tmp_path / "gone.jpg"),
+    ]
+    assert ["error" in r for r in records] == [False, True, False, True]
+    assert sorted(p.name for p in out.iterdir()) == ["a_2_gradcam.png", "a_gradcam.png"]
+    assert Image.open(records[0]["gradcam"]).size == (256, 256)
+
+
+@pytest.mark.slow
+def test_predict_command_prints_json_lines_and_fails_when_any_image_fails(
+    tiny_run, project_root, tmp_path
+):
+    Image.fromarray(lesion(seed=4)).save(tmp_path / "ok.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    good = run_cli(project_root, "predict", "--run", str(tiny_run), str(tmp_path / "ok.jpg"))
+    assert good.returncode == 0, good.stderr[-2000:]
+    (line,) = good.stdout.strip().splitlines()
+    record = json.loads(line)
+    assert record["predicted"] in CLASSES and record["risk"] == RISK_OF_CLASS[record["predicted"]]
+    assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+    mixed = run_cli(
+        project_root,
+        "predict",
+        "--run",
+        str(tiny_run),
+        str(tmp_path),
+        "--gradcam",
+        str(tmp_path / "cams"),
+    )
+    assert mixed.returncode == 1
+    records = [json.loads(x) for x in mixed.stdout.strip().splitlines()]
+    assert [Path(r["image"]).name for r in records] == ["bad.jpg", "ok.jpg"]
+    assert "not a readable image" in records[0]["error"] and "bad.jpg" in records[0]["error"]
+    assert (tmp_path / "cams" / "ok_gradcam.png").is_file()
+    assert "1 image(s) could not be predicted" in mixed.stderr
