@@ -23,8 +23,8 @@ endif
 override SETS := $(if $(DATA_DIR),--set data_dir=$(abspath $(DATA_DIR))) $(foreach s,$(SET),--set $(s))
 HAM := $(PY) -m ham_utils
 
-.PHONY: all venv data demo split cache train evaluate gradcam mlflow-ui test lint format bench \
-	bench-all clean help
+.PHONY: all venv data demo split cache train evaluate gradcam app mlflow-ui test lint format \
+	browser bench bench-all clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -63,8 +63,20 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-test: lint  ## lint, then the whole test suite
+test: lint browser  ## lint, then the whole test suite
 	$(PY) -m pytest
+
+# The app's browser test drives Debian's chromium; installed here when missing (needs root
+# or sudo, and apt). Without it that one test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "no chromium and no apt-get: the browser test will be skipped"; \
+	  elif [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  elif command -v sudo >/dev/null 2>&1; then \
+	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "no chromium and no root: the browser test will be skipped"; fi; }
 
 bench: $(STAMP)  ## print speed figures (cache build, ...)
 	$(PY) -m ham_utils.bench --params $(PARAMS) $(SETS)
@@ -80,6 +92,9 @@ evaluate: train  ## evaluate the run of PARAMS on its test split (metrics, figur
 
 gradcam: evaluate  ## Grad-CAM grids of the run's test images
 	$(HAM) gradcam --run "$$($(HAM) train --params $(PARAMS) $(SETS) | tail -n 1)"
+
+app: $(STAMP)  ## start the Streamlit app on http://localhost:8501 (uses runs/)
+	$(PY) -m streamlit run app/streamlit_app.py --server.address localhost --server.port 8501
 
 mlflow-ui: $(STAMP)  ## open the MLflow UI on http://127.0.0.1:5000
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -1,0 +1,256 @@
+"""Streamlit app: classify one dermatoscopic image with a trained run, and show how the run
+performed on its test split.
+
+Start it with ``make app`` (``streamlit run app/streamlit_app.py`` from the project folder,
+which also reads ``.streamlit/config.toml``: upload size limit, no usage statistics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from ham_utils import config
+from ham_utils.config import CLASS_DESCRIPTIONS, CLASS_NAMES, RISK_GROUPS, RISK_OF_CLASS
+from ham_utils.errors import DataError
+from ham_utils.images import IMAGE_SUFFIXES
+from ham_utils.predict import Prediction, Predictor
+from ham_utils.runs import Run, list_runs, open_run
+
+log = logging.getLogger("ham_utils.app")
+
+RISK_COLOURS = {"high": "#c0392b", "moderate": "#d68910", "low": "#1e8449"}
+PAGES = ("Classify an image", "Run performance")
+DISCLAIMER = (
+    "**Research software, not a medical device.** The model gives statistical guesses "
+    "from one picture and is often wrong; it has not been validated for clinical use. Do "
+    "not use it to diagnose, to decide on treatment, or to be reassured: show any new, "
+    "changing, bleeding or unusual skin lesion to a doctor."
+)
+HEADLINE_METRICS = (
+    ("balanced_accuracy", "Balanced accuracy"),
+    ("macro_f1", "Macro F1"),
+    ("macro_roc_auc", "Macro ROC AUC"),
+    ("accuracy", "Accuracy"),
+)
+FIGURE_CAPTIONS = {
+    "training_curves.png": "Training curves (both phases)",
+    "confusion_matrix.png": "Confusion matrices (counts and row-normalised)",
+    "per_class_f1.png": "Per-class F1",
+    "roc.png": "ROC curves, one class against the rest",
+    "precision_recall.png": "Precision-recall curves",
+    "reliability.png": "Reliability diagram (calibration)",
+}
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model ...")
+def load_predictor(run_dir: str) -> Predictor:
+    """The run's model, loaded once per run and shared by every session."""
+    return Predictor(open_run(run_dir))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def predict_upload(run_dir: str, data: bytes, name: str, explain_class: str | None) -> Prediction:
+    return load_predictor(run_dir).predict(data, name, explain_class)
+
+
+def choose_run() -> Run | None:
+    """The run picked in the sidebar (the most recently finished by default)."""
+    runs = list_runs(config.RUNS_ROOT)
+    if not runs:
+        return None
+    labels = {str(p): run_label(p) for p in runs}
+    chosen = st.sidebar.selectbox(
+        "Run", list(labels), format_func=labels.get, help=f"finished runs in {config.RUNS_ROOT}"
+    )
+    return open_run(chosen)
+
+
+def run_label(path: Path) -> str:
+    try:
+        synthetic = open_run(path).synthetic
+    except DataError:
+        return f"{path.name} (unreadable)"
+    return f"{path.name} (synthetic demo data)" if synthetic else path.name
+
+
+def risk_legend() -> None:
+    st.sidebar.markdown("**Risk levels** (by the group of the most probable class)")
+    for level, classes in RISK_GROUPS.items():
+        names = ", ".join(f"{CLASS_NAMES[c]} ({c})" for c in classes)
+        st.sidebar.markdown(f":{_colour_name(level)}[**{level}**]: {names}")
+
+
+def _colour_name(level: str) -> str:
+    return {"high": "red", "moderate": "orange", "low": "green"}[level]
+
+
+def class_definitions() -> None:
+    with st.expander("What the seven classes mean"):
+        table = pd.DataFrame(
+            {
+                "class": list(CLASS_NAMES),
+                "name": list(CLASS_NAMES.values()),
+                "risk": [RISK_OF_CLASS[c] for c in CLASS_NAMES],
+                "description": [CLASS_DESCRIPTIONS[c] for c in CLASS_NAMES],
+            }
+        )
+        st.table(table.set_index("class"))
+
+
+def probability_chart(prediction: Prediction) -> alt.Chart:
+    ranked = pd.DataFrame(prediction.ranked(), columns=["class", "probability"])
+    ranked["name"] = ranked["class"].map(CLASS_NAMES)
+    ranked["risk"] = ranked["class"].map(RISK_OF_CLASS)
+    colours = alt.Scale(domain=list(RISK_COLOURS), range=list(RISK_COLOURS.values()))
+    return (
+        alt.Chart(ranked)
+        .mark_bar()
+        .encode(
+            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            y=alt.Y("class:N", sort="-x", title=None),
+            color=alt.Color("risk:N", scale=colours, title="risk"),
+            tooltip=["name", alt.Tooltip("probability:Q", format=".1%"), "risk"],
+        )
+        .properties(height=240)
+    )
+
+
+def show_prediction(run: Run, upload) -> None:
+    data = upload.getvalue()
+    with st.spinner("Classifying and computing Grad-CAM ..."):
+        prediction = predict_upload(str(run.path), data, upload.name, None)
+    ranked = prediction.ranked()
+    level = prediction.risk
+    st.markdown(
+        f"### Risk level: :{_colour_name(level)}[{level.upper()}]\n"
+        f"Most probable: **{CLASS_NAMES[prediction.predicted]}** ({prediction.predicted}), "
+        f"{ranked[0][1]:.1%}. Probability of the high-risk group (melanoma, basal cell "
+        f"carcinoma): {prediction.risk_probabilities()['high']:.1%}."
+    )
+    picture, explanation = st.columns(2)
+    with picture:
+        st.image(prediction.display, caption=f"{upload.name}, as the model frames it")
+    with explanation:
+        explain = st.selectbox(
+            "Grad-CAM of class",
+            [c for c, _ in ranked],
+            format_func=lambda c: f"{c}: {CLASS_NAMES[c]}",
+            help="where the network found evidence for this class",
+        )
+        opacity = st.slider("Grad-CAM opacity", 0.0, 1.0, 0.4, 0.05)
+        if explain != prediction.explained_class:
+            with st.spinner("Computing Grad-CAM ..."):
+                prediction = predict_upload(str(run.path), data, upload.name, explain)
+        st.image(prediction.overlay(opacity), caption=f"Grad-CAM for {explain}")
+    st.markdown("#### Top 3")
+    for rank, (name, probability) in enumerate(ranked[:3], start=1):
+        st.markdown(f"{rank}. **{CLASS_NAMES[name]}** ({name}): {probability:.1%}")
+    st.markdown("#### All seven classes")
+    st.altair_chart(probability_chart(prediction), width="stretch")
+    if prediction.temperature is not None:
+        st.caption(
+            f"Probabilities calibrated with temperature {prediction.temperature:.2f}, fitted on "
+            "the run's validation split."
+        )
+
+
+def classify_page(run: Run) -> None:
+    suffixes = [s.lstrip(".") for s in IMAGE_SUFFIXES]
+    upload = st.file_uploader(
+        "Dermatoscopic image", type=suffixes, help="JPEG, PNG, BMP or TIFF; one image at a time"
+    )
+    if upload is None:
+        st.info("Drag and drop a dermatoscopic image above, or browse for one.")
+    else:
+        try:
+            show_prediction(run, upload)
+        except DataError as e:
+            st.error(f"Cannot use this file: {e}")
+        except MemoryError:
+            st.error(f"{upload.name} is too large to decode here; downscale it and try again.")
+        except Exception as e:  # the app shows a message, never a stack trace
+            log.exception("prediction failed for %s", upload.name)
+            st.error(f"Could not classify {upload.name} ({type(e).__name__}: {e}).")
+    class_definitions()
+
+
+def performance_page(run: Run) -> None:
+    params = run.params
+    st.markdown(
+        f"**{params.backbone}** at {params.image_size} px, weights `{params.weights}`, "
+        f"{params.warmup_epochs} warm-up + {params.finetune_epochs} fine-tune epochs, "
+        f"loss `{params.loss}`. Folder: `{run.path}`"
+    )
+    sets = (("Test split", run.evaluation_dir), ("External set", run.evaluation_dir / "external"))
+    for name, folder in sets:
+        metrics_file = folder / "metrics.json"
+        if not metrics_file.is_file():
+            if name == "Test split":
+                st.info(
+                    "This run has not been evaluated yet: `python -m ham_utils evaluate --run "
+                    f"{run.path}` writes its metrics and figures."
+                )
+            continue
+        metrics = json.loads(metrics_file.read_text())
+        st.subheader(f"{name}: {metrics['n_images']} images")
+        columns = st.columns(len(HEADLINE_METRICS))
+        for column, (key, label) in zip(columns, HEADLINE_METRICS, strict=True):
+            value = metrics.get(key)
+            column.metric(label, "n/a" if value is None else f"{value:.3f}")
+        melanoma = metrics["melanoma"]
+        st.markdown(
+            f"Melanoma: sensitivity {_fraction(melanoma['sensitivity'])} at specificity "
+            f"{_fraction(melanoma['specificity'])}. Calibration error (ECE) "
+            f"{_fraction(metrics['ece'])}"
+            + (
+                f", {_fraction(metrics['ece_after_temperature'])} after temperature scaling."
+                if metrics.get("ece_after_temperature") is not None
+                else "."
+            )
+        )
+        figures = folder / "figures"
+        for file, caption in FIGURE_CAPTIONS.items():
+            if (figures / file).is_file():
+                st.image(str(figures / file), caption=caption)
+
+
+def _fraction(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def main() -> None:
+    st.set_page_config(page_title="HAM10000 skin-lesion classifier", layout="wide")
+    st.title("Skin-lesion classifier (HAM10000, 7 classes)")
+    st.warning(DISCLAIMER)
+    try:
+        run = choose_run()
+    except DataError as e:
+        st.error(str(e))
+        return
+    if run is None:
+        st.info(
+            f"No trained run in `{config.RUNS_ROOT}` yet. Make one with `make all` (demo data, "
+            "a few minutes on a CPU) or `python -m ham_utils train --params params/smoke.yaml`, "
+            "then reload this page."
+        )
+        return
+    page = st.sidebar.radio("Page", PAGES)
+    risk_legend()
+    if run.synthetic:
+        st.error(
+            f"Run {run.name} was trained on SYNTHETIC demo images: its predictions and its "
+            "metrics say nothing about real skin lesions."
+        )
+    if page == PAGES[0]:
+        classify_page(run)
+    else:
+        performance_page(run)
+
+
+main()
