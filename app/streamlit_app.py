@@ -51,7 +51,9 @@ FIGURE_CAPTIONS = {
 @st.cache_resource(max_entries=2, show_spinner="Loading the model ...")
 def load_predictor(run_dir: str) -> Predictor:
     """The run's model, loaded once per run and shared by every session."""
-    return Predictor(open_run(run_dir))
+    predictor = Predictor(open_run(run_dir))
+    predictor.warm_up()
+    return predictor
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

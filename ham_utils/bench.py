@@ -59,13 +59,21 @@ def bench_data_steps(params_path: str | None, overrides: dict[str, str]) -> list
     return rows
 
 
-def bench_training(params_path: str | None, overrides: dict[str, str], epochs: int = 2):
+def bench_training(params_path: str | None, overrides: dict[str, str], rounds: int = 3):
     """Training images/s through the real input stream next to the same model fed from
-    in-memory arrays. The first epoch of each is a warm-up (tracing, compilation)."""
+    in-memory tensors, and their ratio.
+
+    Every feed gives the same number of images per epoch: the in-memory tensors are the
+    stream's own first epoch (cache, oversampling) before augmentation and mixing, so the
+    difference is exactly the work of the stream. Each feed trains its own model; after a
+    warm-up epoch each (tracing), single epochs alternate between the feeds ``rounds`` times,
+    so that slow drifts of a shared machine hit every feed alike. A figure is all its images
+    over all its time, with the spread of the rounds.
+    """
     import keras
     import numpy as np
 
-    from ham_utils.config import CLASSES
+    from ham_utils.models import build_model
     from ham_utils.train import (
         _compile,
         _set_trainable,
@@ -78,39 +86,104 @@ def bench_training(params_path: str | None, overrides: dict[str, str], epochs: i
     train_split, val_split, counts = training_splits(params, progress=False)
     stream, _, _ = _streams(params, train_split, val_split, counts)
     steps = len(stream)
-
-    def images_per_second(data: Any, **fit_kwargs: Any) -> float:
-        from ham_utils.models import build_model
-
-        keras.utils.set_random_seed(params.seed)
-        model = build_model(params.backbone, params.image_size, "none", params.head)
-        _set_trainable(model, params, phase=2)
-        _compile(model, params, 2, steps, counts)
-        model.fit(data, epochs=1, verbose=0, **fit_kwargs)  # warm-up
-        start = time.perf_counter()
-        model.fit(data, epochs=epochs, verbose=0, **fit_kwargs)
-        return epochs * steps * params.batch_size / (time.perf_counter() - start)
-
     n = steps * params.batch_size
-    x = np.asarray(train_split.images[:n], dtype="float32")
-    y = keras.utils.to_categorical(train_split.labels[:n], len(CLASSES)).astype("float32")
-    alone = images_per_second(x, y=y, batch_size=params.batch_size, shuffle=False)
+    tensorflow = keras.backend.backend() == "tensorflow"
+
+    batches = [stream.raw_batch(index) for index in range(steps)]
+    x = np.concatenate([images for images, _ in batches]).astype("float32")
+    y = np.concatenate([labels for _, labels in batches])
+    feeds: dict[str, tuple[Any, dict[str, Any]]] = {}
+    if tensorflow:
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        options.autotune.enabled = False  # as in the stream (see pipeline.tf_dataset)
+        memory = tf.data.Dataset.from_tensor_slices((x, y))
+        feeds["alone"] = (memory.batch(params.batch_size).prefetch(2).with_options(options), {})
+    else:
+        feeds["alone"] = (x, {"y": y, "batch_size": params.batch_size, "shuffle": False})
+    for loader in ("tf_data", "py_dataset") if tensorflow else ("py_dataset",):
+        data, callbacks = training_input_of(stream, loader)
+        feeds[loader] = (data, {"callbacks": callbacks})
+
+    models = {}
+    for name in feeds:
+        keras.utils.set_random_seed(params.seed)
+        models[name] = build_model(params.backbone, params.image_size, "none", params.head)
+        _set_trainable(models[name], params, phase=2)
+        _compile(models[name], params, 2, steps, counts)
+    # Warm-up (tracing, first allocations) only once every model is built: with TensorFlow, a
+    # model built after another's first fit makes that one's next epoch ~10 s slower.
+    for name, (data, kwargs) in feeds.items():
+        models[name].fit(data, epochs=1, verbose=0, **kwargs)
+    seconds: dict[str, list[float]] = {name: [] for name in feeds}
+    for epoch in range(1, rounds + 1):
+        for name, (data, kwargs) in feeds.items():
+            start = time.perf_counter()
+            models[name].fit(data, initial_epoch=epoch, epochs=epoch + 1, verbose=0, **kwargs)
+            seconds[name].append(time.perf_counter() - start)
+
+    def rate(name: str) -> float:
+        return rounds * n / sum(seconds[name])
+
+    def spread(name: str) -> str:
+        low, high = n / max(seconds[name]), n / min(seconds[name])
+        return f"{rate(name):.1f} images/s (epochs {low:.0f}-{high:.0f})"
+
     what = (
         f"{params.backbone} {params.image_size}px, batch {params.batch_size}, "
-        f"{keras.backend.backend()}"
+        f"{keras.backend.backend()}, {rounds} x {steps} steps per feed"
     )
-    rows = [("training setup", what), ("model alone, in-memory arrays", f"{alone:.1f} images/s")]
-    loaders = ["py_dataset"]
-    if keras.backend.backend() == "tensorflow":
-        loaders.insert(0, "tf_data")
-    for loader in loaders:
-        data, callbacks = training_input_of(stream, loader)
-        rate = images_per_second(data, callbacks=callbacks)
+    rows = [("training setup", what), ("model alone, in-memory tensors", spread("alone"))]
+    for loader in (name for name in feeds if name != "alone"):
         rows += [
-            (f"real input stream ({loader})", f"{rate:.1f} images/s"),
-            (f"ratio stream / model alone ({loader})", f"{rate / alone:.2f}"),
+            (f"real input stream ({loader})", spread(loader)),
+            (f"ratio stream / model alone ({loader})", f"{rate(loader) / rate('alone'):.2f}"),
         ]
     return rows
+
+
+def bench_prediction(repeats: int = 10) -> list[tuple[str, str]]:
+    """Seconds for one prediction with Grad-CAM, as the app makes it: an EfficientNetB0 at
+    224 px (random weights: the speed does not depend on them) on a 600x450 JPEG, decoded,
+    resized, predicted, explained and overlaid, after the warm-up (tracing) that the app does
+    when it loads a model."""
+    import io
+    import statistics
+
+    import keras
+    import numpy as np
+    from PIL import Image
+
+    from ham_utils.config import CLASSES, load_params
+    from ham_utils.models import build_model
+    from ham_utils.predict import Predictor
+    from ham_utils.runs import Run
+
+    params = load_params(None, {"backbone": "efficientnetb0", "image_size": 224})
+    keras.utils.set_random_seed(0)
+    model = build_model(params.backbone, params.image_size, "none", params.head, params.dropout)
+    rng = np.random.default_rng(0)
+    photo = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (450, 600, 3), dtype=np.uint8)).save(photo, "JPEG")
+    upload = photo.getvalue()
+    with tempfile.TemporaryDirectory() as tmp:
+        predictor = Predictor(Run(Path(tmp), params, CLASSES), model=model)
+
+        def once() -> None:
+            predictor.predict(upload).overlay()
+
+        _, warm_up = timed(predictor.warm_up)
+        _, first = timed(once)
+        times = [timed(once)[1] for _ in range(repeats)]
+    return [
+        ("prediction + Grad-CAM, B0 224px, warm-up at load", f"{warm_up:.2f} s"),
+        ("prediction + Grad-CAM, B0 224px, first after warm-up", f"{first:.3f} s"),
+        (
+            f"prediction + Grad-CAM, B0 224px, median of {repeats}",
+            f"{statistics.median(times):.3f} s (max {max(times):.3f} s)",
+        ),
+    ]
 
 
 def bench_report(params_path: str | None, overrides: dict[str, str]) -> list[tuple[str, str]]:
@@ -142,7 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ham_utils.bench", description=__doc__)
     parser.add_argument("--params", default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--data-only", action="store_true", help="skip the training figures")
+    parser.add_argument(
+        "--data-only", action="store_true", help="skip the training and prediction figures"
+    )
     parser.add_argument(
         "--report", action="store_true", help="time every notebook (make all) instead"
     )
@@ -154,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = bench_data_steps(args.params, overrides)
     if not (args.data_only or args.report):
         rows += bench_training(args.params, overrides)
+        rows += bench_prediction()
     width = max(len(name) for name, _ in rows)
     print(f"machine: {os.cpu_count()} cores")
     for name, value in rows:

@@ -98,6 +98,12 @@ class Predictor:
         self.explainer = RunExplainer(run, which, model)
         self.temperature = run_temperature(run)
 
+    def warm_up(self) -> None:
+        """Trace the model and its Grad-CAM on a blank image (some seconds), so that the
+        first real prediction is as fast as the ones after it."""
+        size = self.run.params.image_size
+        self.explainer.explain(np.zeros((size, size, 3), dtype="uint8"))
+
     def predict(
         self,
         source: str | os.PathLike[str] | bytes,
