@@ -63,8 +63,12 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-test: lint browser  ## lint, then the whole test suite
-	$(PY) -m pytest
+# The suite runs on TEST_WORKERS processes, a test file each at a time (module fixtures stay
+# in one process); the two longest files start first, one per worker (tests/conftest.py).
+TEST_WORKERS ?= 2
+
+test: lint browser  ## lint, then the whole test suite (TEST_WORKERS=2 processes)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The app's browser test drives Debian's chromium; installed here when missing (needs root
 # or sudo, and apt). Without it that one test is skipped and says why.
