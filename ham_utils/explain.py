@@ -27,7 +27,6 @@ class Explanation:
     probabilities: np.ndarray  # (K,)
     explained_class: int
     heatmap: np.ndarray  # (h, w) in [0, 1]
-    overlay: np.ndarray  # uint8 (S, S, 3)
 
 
 class RunExplainer:
@@ -56,22 +55,11 @@ class RunExplainer:
         size = max(self.image_size, DISPLAY_SIZE)
         return load_image(source, size, self.run.params.resize_mode)
 
-    def explain(
-        self,
-        pixels: np.ndarray,
-        display: np.ndarray | None = None,
-        class_index: int | None = None,
-        alpha: float = 0.4,
-    ) -> Explanation:
+    def explain(self, pixels: np.ndarray, class_index: int | None = None) -> Explanation:
         """Prediction and Grad-CAM of one model-sized uint8 image (``class_index`` None: the
-        predicted class), with the overlay drawn on ``display`` (default: the image itself)."""
-        from ham_utils.gradcam import overlay
-
+        predicted class). Overlays are drawn by the callers, on the picture they show."""
         heatmaps, probs, classes = self.cam.heatmaps(pixels[None], class_index)
-        picture = pixels if display is None else display
-        return Explanation(
-            probs[0], int(classes[0]), heatmaps[0], overlay(picture, heatmaps[0], alpha)
-        )
+        return Explanation(probs[0], int(classes[0]), heatmaps[0])
 
 
 def explain_files(
@@ -83,16 +71,16 @@ def explain_files(
     """Write ``<stem>_gradcam.png`` overlays of image files into ``out_dir``."""
     from PIL import Image
 
+    from ham_utils.gradcam import overlay
+
     classes = explainer.run.classes
     class_index = None if class_name is None else classes.index(class_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in paths:
-        result = explainer.explain(
-            explainer.model_input(path), explainer.display_image(path), class_index
-        )
+        result = explainer.explain(explainer.model_input(path), class_index)
         target = out_dir / f"{Path(path).stem}_gradcam.png"
-        Image.fromarray(result.overlay).save(target)
+        Image.fromarray(overlay(explainer.display_image(path), result.heatmap)).save(target)
         written.append(target)
     return written
 

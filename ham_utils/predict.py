@@ -131,7 +131,7 @@ class Predictor:
         pixels = resize_square(picture, params.image_size, params.resize_mode)
         display = resize_square(picture, display_size, params.resize_mode)
         index = None if explain_class is None else classes.index(explain_class)
-        result = self.explainer.explain(pixels, display, index)
+        result = self.explainer.explain(pixels, index)
         probabilities = result.probabilities.astype("float64")
         if self.temperature is not None:
             probabilities = apply_temperature(probabilities[None], self.temperature)[0]
