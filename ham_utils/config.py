@@ -71,6 +71,10 @@ DEMO_ROOT = DATA_ROOT / "demo"
 PROCESSED_ROOT = DATA_ROOT / "processed"
 CACHE_ROOT = DATA_ROOT / "cache"
 RUNS_ROOT = PROJECT_ROOT / "runs"
+# Pretrained weights converted for Keras (machine-wide, shared by every project folder).
+WEIGHTS_CACHE = Path(
+    os.environ.get("HAM_WEIGHTS_CACHE", Path.home() / ".cache" / "ham_utils" / "weights")
+).expanduser()
 
 RESIZE_MODES: tuple[str, ...] = ("squash", "center_crop")
 FOCAL_ALPHA_MODES: tuple[str, ...] = ("inverse_frequency", "balanced_sqrt")

@@ -11,3 +11,7 @@ class DataError(Exception):
 
 class DataWarning(UserWarning):
     """Input data that was usable only after dropping or changing something."""
+
+
+class WeightsUnavailableError(DataError):
+    """Backbone weights that were asked for but cannot be found, read or converted."""

@@ -1,10 +1,11 @@
 """Backbone registry, classification head, freezing and unfreezing.
 
-Every model takes float RGB pixels in 0..255: EfficientNets rescale inside, and ResNet50 and
-Xception get their ImageNet preprocessing as a layer inside the model. The backbone's layers
-are part of the model itself (not a nested sub-model), so Grad-CAM can reach the last feature
-map by name (:func:`feature_layer_name`). The last Dense layer is ``logits`` and a softmax
-``probabilities`` follows; both compute in float32, also under a mixed precision policy.
+Every model takes float RGB pixels in 0..255: EfficientNets rescale inside, and ResNet50,
+Xception and EfficientNet-Lite get their ImageNet preprocessing as a layer inside the model.
+The backbone's layers are part of the model itself (not a nested sub-model), so Grad-CAM can
+reach the last feature map by name (:func:`feature_layer_name`). The last Dense layer is
+``logits`` and a softmax ``probabilities`` follows; both compute in float32, also under a mixed
+precision policy.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any, Literal
 import keras
 from keras import ops
 
+from ham_utils import lite
 from ham_utils.config import CLASSES, ParamsError
-from ham_utils.errors import DataError
+from ham_utils.errors import WeightsUnavailableError
 
 HEADS: tuple[str, ...] = ("simple", "b3")
 HEAD_PREFIX = "head_"
@@ -34,19 +36,23 @@ STEM = "stem"
 BLOCK_NAME = re.compile(r"^(block\d+[a-z]?|conv\d+_block\d+)_")
 
 
-class WeightsUnavailableError(DataError):
-    """Backbone weights that were asked for but cannot be loaded."""
-
-
 @dataclass(frozen=True)
 class Backbone:
-    """One ``keras.applications`` backbone and how to feed it 0..255 pixels."""
+    """One backbone and how to feed it 0..255 pixels.
+
+    ``application`` names a ``keras.applications`` constructor, or ``"lite"`` for the
+    EfficientNet-Lite networks of :mod:`ham_utils.lite` (ImageNet weights from the package index).
+    """
 
     name: str
-    application: str  # constructor name in keras.applications
+    application: str
     image_size: int  # the resolution it was designed (and ImageNet-trained) for
-    preprocessing: Literal["inside", "caffe", "tf"]
+    preprocessing: Literal["inside", "caffe", "tf", "lite"]
     feature_layer: str | None = None  # last conv feature map; None: found automatically
+
+    @property
+    def is_lite(self) -> bool:
+        return self.application == LITE
 
 
 def _efficientnets() -> list[Backbone]:
@@ -63,10 +69,16 @@ def _efficientnets() -> list[Backbone]:
     return v1 + v2
 
 
+LITE = "lite"
+
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in [
         *_efficientnets(),
+        *(
+            Backbone(name, LITE, size, "lite", "top_activation")
+            for name, (_, _, size, _) in lite.VARIANTS.items()
+        ),
         Backbone("resnet50", "ResNet50", 224, "caffe"),
         Backbone("xception", "Xception", 299, "tf"),
     ]
@@ -103,6 +115,8 @@ class CaffePreprocessing(keras.layers.Layer):
 def _preprocessing_layer(kind: str) -> keras.layers.Layer | None:
     if kind == "caffe":
         return CaffePreprocessing(name=PREPROCESSING_LAYER)
+    if kind == "lite":  # (x - 127) / 128, as the Lite ImageNet weights were trained
+        return lite.normalisation_layer(PREPROCESSING_LAYER)
     if kind == "tf":  # [-1, 1]
         return keras.layers.Rescaling(
             1.0 / 127.5, offset=-1.0, name=PREPROCESSING_LAYER, dtype="float32"
@@ -127,7 +141,12 @@ def _keras_weights(weights: str | os.PathLike[str] | None) -> str | None:
 
 
 def _backbone_features(spec: Backbone, pixels: keras.KerasTensor, weights: str | None) -> Any:
-    """Build the backbone on ``pixels`` (in the same graph) and return its feature map."""
+    """Build the backbone on ``pixels`` (in the same graph) and return its feature map.
+
+    Lite backbones get their weights after the whole model is built (:func:`build_model`).
+    """
+    if spec.is_lite:
+        return lite.lite_features(pixels, spec.name)
     application = getattr(keras.applications, spec.application)
     try:
         backbone = application(
@@ -191,7 +210,21 @@ def build_model(
     probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(
         logits
     )
-    return keras.Model(inputs, probabilities, name=f"{spec.name}_{head}")
+    model = keras.Model(inputs, probabilities, name=f"{spec.name}_{head}")
+    if spec.is_lite and keras_weights is not None:
+        _load_lite_weights(model, spec.name, keras_weights)
+    return model
+
+
+def _load_lite_weights(model: keras.Model, variant: str, weights: str) -> None:
+    if weights == "imagenet":
+        lite.load_imagenet_backbone(model, variant)
+        return
+    source = lite.build_lite(variant, image_size=64)
+    source.load_weights(weights)
+    for layer in source.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
 
 
 def load_model(path: str | os.PathLike[str], compile: bool = False) -> keras.Model:

@@ -73,42 +73,46 @@ def project_root(tmp_path) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """A finished run folder as training writes it, holding an EfficientNetB0 at 32 px with
-    random weights: what the app, ``predict`` and ``export`` read, without minutes of training.
+def make_tiny_run(
+    run_dir: Path, backbone: str = "", weights: str = "none", image_size: int = 32
+) -> Path:
+    """A finished run folder as training writes it, without minutes of training: the model of
+    ``params/smoke.yaml`` (or ``backbone``) with a random head.
 
     Its batch-norm statistics are set from one batch of varied images: with the initial
-    statistics the network gives almost exactly 1/7 for every image, which would hide wrong
-    outputs in comparisons.
+    statistics a random network gives almost exactly 1/7 for every image, which would hide
+    wrong outputs in comparisons. Pretrained backbones keep their own statistics.
     """
     import json
 
     import keras
-    import numpy as np
     import yaml
 
     from ham_utils.config import CLASSES, load_params
     from ham_utils.models import build_model
 
-    params = load_params(REPO / "params" / "smoke.yaml", {"image_size": 32, "track": False})
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    run_dir.mkdir()
+    overrides = {"image_size": image_size, "track": False, "weights": weights}
+    if backbone:
+        overrides["backbone"] = backbone
+    params = load_params(REPO / "params" / "smoke.yaml", overrides)
+    run_dir.mkdir(parents=True)
     keras.utils.set_random_seed(0)
-    model = build_model(params.backbone, params.image_size, "none", params.head, params.dropout)
-    rng = np.random.default_rng(0)
-    colours = rng.uniform(0, 255, (64, 1, 1, 3))
-    images = np.clip(colours + rng.normal(0, 40, (64, 32, 32, 3)), 0, 255).astype("float32")
-    norms = [
-        layer
-        for layer in model._flatten_layers()
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    for layer in norms:
-        layer.momentum, momentum = 0.0, layer.momentum  # next call copies batch statistics
-    model(images, training=True)
-    for layer in norms:
-        layer.momentum = momentum
+    model = build_model(params.backbone, image_size, weights, params.head, params.dropout)
+    if weights == "none":
+        rng = np.random.default_rng(0)
+        colours = rng.uniform(0, 255, (64, 1, 1, 3))
+        noise = rng.normal(0, 40, (64, image_size, image_size, 3))
+        images = np.clip(colours + noise, 0, 255).astype("float32")
+        norms = [
+            layer
+            for layer in model._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        for layer in norms:
+            layer.momentum, momentum = 0.0, layer.momentum  # next call copies batch statistics
+        model(images, training=True)
+        for layer in norms:
+            layer.momentum = momentum
     logits = model.get_layer("logits")  # soften, so no class takes all the probability
     kernel, bias = logits.get_weights()
     logits.set_weights([kernel * 0.1, bias])
@@ -118,3 +122,18 @@ def tiny_run(tmp_path_factory) -> Path:
     (run_dir / "splits.json").write_text(json.dumps({"synthetic": True}))
     (run_dir / "state.json").write_text(json.dumps({"finished": True}))
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """An EfficientNetB0 at 32 px with random weights: what the app, ``predict`` and
+    ``export`` read."""
+    return make_tiny_run(tmp_path_factory.mktemp("runs") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_lite_run(tmp_path_factory) -> Path:
+    """An EfficientNet-Lite0 at 64 px with its ImageNet backbone and a random head."""
+    return make_tiny_run(
+        tmp_path_factory.mktemp("runs") / "lite", "efficientnet_lite0", "imagenet", 64
+    )

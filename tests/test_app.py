@@ -240,3 +240,10 @@ def test_the_model_loads_once_per_run(tiny_run, tmp_path, monkeypatch):
     second = start(run_dir.parent, monkeypatch)  # another browser session
     upload(second, "three.png", encode(Image.fromarray(lesion(seed=43)), "PNG"), "image/png")
     assert len(loads) == 1
+
+
+def test_a_pretrained_lite_run_is_served_with_its_gradcam(tiny_lite_run, monkeypatch):
+    at = start(tiny_lite_run.parent, monkeypatch)
+    upload(at, "lesion.png", encode(Image.fromarray(lesion(seed=14)), "PNG"), "image/png")
+    assert any(m.startswith("### Risk level") for m in texts(at.markdown))
+    assert any(caption.startswith("Grad-CAM for") for caption in images(at))

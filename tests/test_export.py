@@ -166,3 +166,14 @@ def test_export_from_the_command_line(tiny_run, tmp_path):
     assert path == tiny_run / "export" / "model.onnx" and path.is_file()
     assert sidecar_path(path).is_file()
     assert "max abs difference to the Keras model" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_pretrained_lite_run_exports_with_the_keras_probabilities(fmt, tiny_lite_run, tmp_path):
+    lite_run = open_run(tiny_lite_run)
+    exported = export_run(lite_run, fmt, tmp_path)
+    assert exported.max_difference < 1e-3
+    pixels = check_images(64).astype(np.float32)
+    expected = np.asarray(lite_run.load_model()(pixels, training=False))
+    assert np.abs(RUNTIMES[fmt](exported.path, pixels) - expected).max() < 1e-3

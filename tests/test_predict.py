@@ -183,3 +183,12 @@ def test_predict_command_prints_json_lines_and_fails_when_any_image_fails(
     assert "not a readable image" in records[0]["error"] and "bad.jpg" in records[0]["error"]
     assert (tmp_path / "cams" / "ok_gradcam.png").is_file()
     assert "1 image(s) could not be predicted" in mixed.stderr
+
+
+def test_a_pretrained_lite_run_predicts_and_explains_from_its_last_feature_map(tiny_lite_run):
+    lite_predictor = Predictor(open_run(tiny_lite_run))
+    assert lite_predictor.explainer.cam.layer_name == "top_activation"
+    prediction = lite_predictor.predict(encode(Image.fromarray(lesion(seed=21)), "PNG"))
+    assert prediction.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    # 64 px gives a 2x2 feature map: an explanation that is not one flat value
+    assert prediction.heatmap.max() == pytest.approx(1.0) and np.ptp(prediction.heatmap) > 0.1
