@@ -143,6 +143,53 @@ def bench_training(params_path: str | None, overrides: dict[str, str], rounds: i
     return rows
 
 
+def bench_backbones(
+    params_path: str | None, overrides: dict[str, str], backbones: Sequence[str] = ()
+) -> list[tuple[str, str]]:
+    """Training and inference images/s of each backbone at the recipe's image size and batch,
+    from in-memory tensors (the model's own speed). Training is phase 2 as the recipe runs it:
+    its ``unfreeze`` blocks trainable, BatchNorm frozen for pretrained weights. Random weights:
+    the speed does not depend on them, and no weights file is needed."""
+    import dataclasses
+
+    import keras
+    import numpy as np
+
+    from ham_utils.lite import VARIANTS
+    from ham_utils.models import build_model
+    from ham_utils.train import _compile, _set_trainable
+
+    base = load_params(params_path, overrides)
+    names = list(backbones) or list(dict.fromkeys([*VARIANTS, base.backbone]))
+    size, batch = base.image_size, base.batch_size
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8 * batch, size, size, 3)).astype("float32")
+    y = keras.utils.to_categorical(rng.integers(0, 7, len(x)), 7)
+    rows = []
+    for name in names:
+        params = dataclasses.replace(base, backbone=name)
+        keras.utils.set_random_seed(0)
+        model = build_model(name, size, "none", params.head, params.dropout)
+        _set_trainable(model, params, phase=2)
+        _compile(model, params, 2, len(x) // batch, np.ones(7))
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # tracing
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=batch, epochs=2, verbose=0)
+        train = time.perf_counter() - start
+        model.predict(x[:batch], batch_size=batch, verbose=0)
+        start = time.perf_counter()
+        model.predict(x, batch_size=batch, verbose=0)
+        infer = time.perf_counter() - start
+        rows.append(
+            (
+                f"{name} {size}px, batch {batch}",
+                f"train {2 * len(x) / train:.1f} images/s (unfreeze {params.unfreeze}), "
+                f"predict {len(x) / infer:.1f} images/s",
+            )
+        )
+    return rows
+
+
 def bench_prediction(repeats: int = 10) -> list[tuple[str, str]]:
     """Seconds for one prediction with Grad-CAM, as the app makes it: an EfficientNetB0 at
     224 px (random weights: the speed does not depend on them) on a 600x450 JPEG, decoded,
@@ -221,14 +268,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--report", action="store_true", help="time every notebook (make all) instead"
     )
+    parser.add_argument(
+        "--backbones-only",
+        action="store_true",
+        help="only the training and inference speed of the backbones (Lite 0-2 and PARAMS')",
+    )
     args = parser.parse_args(argv)
     overrides = dict(parse_override(s) for s in args.set)
-    if args.report:
+    if args.backbones_only:
+        rows = bench_backbones(args.params, overrides)
+    elif args.report:
         rows = bench_report(args.params, overrides)
     else:
         rows = bench_data_steps(args.params, overrides)
-    if not (args.data_only or args.report):
+    if not (args.data_only or args.report or args.backbones_only):
         rows += bench_training(args.params, overrides)
+        rows += bench_backbones(args.params, overrides)
         rows += bench_prediction()
     width = max(len(name) for name, _ in rows)
     print(f"machine: {os.cpu_count()} cores")
