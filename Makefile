@@ -24,10 +24,10 @@ override SETS := $(if $(DATA_DIR),--set data_dir=$(abspath $(DATA_DIR))) $(forea
 HAM := $(PY) -m ham_utils
 
 .PHONY: all venv data demo split cache train evaluate gradcam app mlflow-ui test lint format \
-	browser bench bench-all clean help
+	browser bench bench-all check-recipes clean help
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 15
 
 venv: $(STAMP)  ## create .venv and install the requirements (once)
 
@@ -67,8 +67,14 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 # in one process); the two longest files start first, one per worker (tests/conftest.py).
 TEST_WORKERS ?= 2
 
-test: lint browser  ## lint, then the whole test suite (TEST_WORKERS=2 processes)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+test: lint browser  ## lint, then the test suite without the recipes (TEST_WORKERS=2 processes)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not recipes"
+
+# The GPU recipes (params/b3.yaml, b4.yaml) in miniature on the CPU, mixed_bfloat16 and XLA:
+# what would break a first Colab run. About 12 minutes on 2 cores; `make test` runs only the
+# B3 recipe under mixed_bfloat16.
+check-recipes: $(STAMP)  ## train, evaluate and Grad-CAM the B3/B4 recipes in miniature
+	$(PY) -m pytest tests/test_recipes.py
 
 # The app's browser test drives Debian's chromium; installed here when missing (needs root
 # or sudo, and apt). Without it that one test is skipped and says why.
