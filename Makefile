@@ -88,7 +88,7 @@ browser:
 	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "no chromium and no root: the browser test will be skipped"; fi; }
 
-bench: $(STAMP)  ## print speed figures (cache build, ...)
+bench: $(STAMP)  ## print speed figures (cache, input stream, Lite backbones, prediction)
 	$(PY) -m ham_utils.bench --params $(PARAMS) $(SETS)
 
 bench-all: $(STAMP)  ## time every notebook of `make all` from a fresh project folder

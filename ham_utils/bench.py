@@ -143,13 +143,15 @@ def bench_training(params_path: str | None, overrides: dict[str, str], rounds: i
     return rows
 
 
-def bench_backbones(
-    params_path: str | None, overrides: dict[str, str], backbones: Sequence[str] = ()
-) -> list[tuple[str, str]]:
-    """Training and inference images/s of each backbone at the recipe's image size and batch,
-    from in-memory tensors (the model's own speed). Training is phase 2 as the recipe runs it:
-    its ``unfreeze`` blocks trainable, BatchNorm frozen for pretrained weights. Random weights:
-    the speed does not depend on them, and no weights file is needed."""
+# The recipe whose image size, batch and unfreezing the backbone figures use.
+PRETRAINED_RECIPE = Path(__file__).resolve().parent.parent / "params" / "cpu.yaml"
+
+
+def bench_backbones(recipe: str | os.PathLike[str] = PRETRAINED_RECIPE) -> list[tuple[str, str]]:
+    """Training and inference images/s of EfficientNet-Lite 0/1/2 at the pretrained CPU
+    recipe's image size and batch, from in-memory tensors (the model's own speed). Training
+    is phase 2 as the recipe runs it: its ``unfreeze`` blocks trainable, BatchNorm frozen.
+    Random weights: the speed does not depend on them, and no weights file is needed."""
     import dataclasses
 
     import keras
@@ -159,14 +161,13 @@ def bench_backbones(
     from ham_utils.models import build_model
     from ham_utils.train import _compile, _set_trainable
 
-    base = load_params(params_path, overrides)
-    names = list(backbones) or list(dict.fromkeys([*VARIANTS, base.backbone]))
+    base = load_params(recipe, {})
     size, batch = base.image_size, base.batch_size
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (8 * batch, size, size, 3)).astype("float32")
     y = keras.utils.to_categorical(rng.integers(0, 7, len(x)), 7)
     rows = []
-    for name in names:
+    for name in VARIANTS:
         params = dataclasses.replace(base, backbone=name)
         keras.utils.set_random_seed(0)
         model = build_model(name, size, "none", params.head, params.dropout)
@@ -271,19 +272,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--backbones-only",
         action="store_true",
-        help="only the training and inference speed of the backbones (Lite 0-2 and PARAMS')",
+        help="only the training and inference speed of EfficientNet-Lite 0-2 (params/cpu.yaml)",
     )
     args = parser.parse_args(argv)
     overrides = dict(parse_override(s) for s in args.set)
     if args.backbones_only:
-        rows = bench_backbones(args.params, overrides)
+        rows = bench_backbones()
     elif args.report:
         rows = bench_report(args.params, overrides)
     else:
         rows = bench_data_steps(args.params, overrides)
     if not (args.data_only or args.report or args.backbones_only):
         rows += bench_training(args.params, overrides)
-        rows += bench_backbones(args.params, overrides)
+        rows += bench_backbones()
         rows += bench_prediction()
     width = max(len(name) for name, _ in rows)
     print(f"machine: {os.cpu_count()} cores")
