@@ -36,6 +36,9 @@ STEM = "stem"
 BLOCK_NAME = re.compile(r"^(block\d+[a-z]?|conv\d+_block\d+)_")
 
 
+LITE = "lite"  # the ``application`` of the EfficientNet-Lite backbones (ham_utils.lite)
+
+
 @dataclass(frozen=True)
 class Backbone:
     """One backbone and how to feed it 0..255 pixels.
@@ -68,8 +71,6 @@ def _efficientnets() -> list[Backbone]:
     ]
     return v1 + v2
 
-
-LITE = "lite"
 
 BACKBONES: dict[str, Backbone] = {
     b.name: b
@@ -185,11 +186,12 @@ def build_model(
 ) -> keras.Model:
     """A classifier of 0..255 RGB images of ``image_size`` pixels (default: the backbone's).
 
-    ``weights``: ``"none"`` (random initialisation), ``"imagenet"`` (downloaded once by Keras;
-    an error with the fixes if that fails, never a silent fallback) or the path of a backbone
-    weights file. ``head="simple"``: pooling, dropout, Dense. ``head="b3"``: pooling, Dense 384
-    swish, BN, dropout ``dropout``, Dense 128 swish, BN, dropout ``2/3 * dropout`` (0.3 and 0.2
-    at the default), Dense. The output is the float32 ``probabilities`` softmax of ``logits``.
+    ``weights``: ``"none"`` (random initialisation), ``"imagenet"`` (downloaded once by Keras,
+    or for EfficientNet-Lite converted once from its weights package; an error with the fixes
+    if that fails, never a silent fallback) or the path of a backbone weights file.
+    ``head="simple"``: pooling, dropout, Dense. ``head="b3"``: pooling, Dense 384 swish, BN,
+    dropout ``dropout``, Dense 128 swish, BN, dropout ``2/3 * dropout`` (0.3 and 0.2 at the
+    default), Dense. The output is the float32 ``probabilities`` softmax of ``logits``.
     """
     spec = get_backbone(backbone)
     if head not in HEADS:
