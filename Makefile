@@ -71,7 +71,7 @@ test: lint browser  ## lint, then the test suite without the recipes (TEST_WORKE
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not recipes"
 
 # The GPU recipes (params/b3.yaml, b4.yaml) in miniature on the CPU, mixed_bfloat16 and XLA:
-# what would break a first Colab run. About 12 minutes on 2 cores; `make test` runs only the
+# what would break a first Colab run. About 10 minutes on 2 cores; `make test` runs only the
 # B3 recipe under mixed_bfloat16.
 check-recipes: $(STAMP)  ## train, evaluate and Grad-CAM the B3/B4 recipes in miniature
 	$(PY) -m pytest tests/test_recipes.py
