@@ -181,7 +181,7 @@ def lite_features(pixels: Any, variant: str) -> Any:
     return _conv_bn_relu6(x, HEAD_FILTERS, 1, 1, "top", act=True)
 
 
-def normalisation_layer(name: str = "imagenet_preprocessing") -> keras.layers.Layer:
+def normalisation_layer(name: str) -> keras.layers.Layer:
     """0..255 RGB to the ``(x - 127) / 128`` the Lite ImageNet weights were trained on."""
     return keras.layers.Rescaling(
         1.0 / INPUT_STD, offset=-INPUT_MEAN / INPUT_STD, name=name, dtype="float32"
@@ -195,7 +195,7 @@ def build_lite(
     (pooling, dropout, ``predictions`` softmax over 1000 classes). Random weights."""
     size = image_size or VARIANTS[variant][2]
     inputs = keras.Input((size, size, 3), name="image")
-    x = lite_features(normalisation_layer()(inputs), variant)
+    x = lite_features(normalisation_layer("normalisation")(inputs), variant)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dropout(VARIANTS[variant][3], name="top_dropout")(x)
@@ -333,9 +333,17 @@ def imagenet_classifier(variant: str, image_size: int | None = None) -> keras.Mo
     return model
 
 
-def load_imagenet_backbone(model: keras.Model, variant: str) -> None:
-    """Copy the ImageNet weights into the backbone layers of ``model`` (matched by name)."""
-    source = imagenet_classifier(variant, image_size=64)
+def load_backbone_weights(model: keras.Model, variant: str, weights: str) -> None:
+    """Copy backbone weights into the Lite layers of ``model`` (matched by name).
+
+    ``weights``: ``"imagenet"`` (converted from the weights package) or the path of a weights
+    file of :func:`build_lite` without its top.
+    """
+    if weights == "imagenet":
+        source = imagenet_classifier(variant, image_size=64)
+    else:
+        source = build_lite(variant, image_size=64)
+        source.load_weights(weights)
     for layer in source.layers:
         if layer.weights and layer.name != "predictions":
             model.get_layer(layer.name).set_weights(layer.get_weights())

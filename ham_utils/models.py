@@ -214,19 +214,8 @@ def build_model(
     )
     model = keras.Model(inputs, probabilities, name=f"{spec.name}_{head}")
     if spec.is_lite and keras_weights is not None:
-        _load_lite_weights(model, spec.name, keras_weights)
+        lite.load_backbone_weights(model, spec.name, keras_weights)
     return model
-
-
-def _load_lite_weights(model: keras.Model, variant: str, weights: str) -> None:
-    if weights == "imagenet":
-        lite.load_imagenet_backbone(model, variant)
-        return
-    source = lite.build_lite(variant, image_size=64)
-    source.load_weights(weights)
-    for layer in source.layers:
-        if layer.weights:
-            model.get_layer(layer.name).set_weights(layer.get_weights())
 
 
 def load_model(path: str | os.PathLike[str], compile: bool = False) -> keras.Model:
