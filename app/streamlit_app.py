@@ -7,7 +7,6 @@ which also reads ``.streamlit/config.toml``: upload size limit, no usage statist
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ham_utils.config import CLASS_DESCRIPTIONS, CLASS_NAMES, RISK_GROUPS, RISK_
 from ham_utils.errors import DataError
 from ham_utils.images import IMAGE_SUFFIXES
 from ham_utils.predict import Prediction, Predictor
-from ham_utils.runs import Run, list_runs, open_run
+from ham_utils.runs import CURVES_FILE, EXTERNAL_SET, Run, list_runs, open_run
 
 log = logging.getLogger("ham_utils.app")
 
@@ -39,7 +38,7 @@ HEADLINE_METRICS = (
     ("accuracy", "Accuracy"),
 )
 FIGURE_CAPTIONS = {
-    "training_curves.png": "Training curves (both phases)",
+    CURVES_FILE: "Training curves (both phases)",
     "confusion_matrix.png": "Confusion matrices (counts and row-normalised)",
     "per_class_f1.png": "Per-class F1",
     "roc.png": "ROC curves, one class against the rest",
@@ -48,7 +47,7 @@ FIGURE_CAPTIONS = {
 }
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the model ...")
+@st.cache_resource(max_entries=2, show_spinner=False)
 def load_predictor(run_dir: str) -> Predictor:
     """The run's model, loaded once per run and shared by every session."""
     predictor = Predictor(open_run(run_dir))
@@ -158,11 +157,17 @@ def show_prediction(run: Run, upload) -> None:
     if prediction.temperature is not None:
         st.caption(
             f"Probabilities calibrated with temperature {prediction.temperature:.2f}, fitted on "
-            "the run's validation split."
+            "the run's validation split for single-view outputs like this one."
         )
 
 
 def classify_page(run: Run) -> None:
+    # Load and trace the model now, before anything is uploaded: the first upload is then
+    # as fast as the next ones, and the page says what it is waiting for.
+    with st.status(f"Loading the model of run {run.name} ...", expanded=False) as status:
+        predictor = load_predictor(str(run.path))
+        calibrated = "calibrated" if predictor.temperature is not None else "uncalibrated"
+        status.update(label=f"Model of run {run.name} ready ({calibrated})", state="complete")
     suffixes = [s.lstrip(".") for s in IMAGE_SUFFIXES]
     upload = st.file_uploader(
         "Dermatoscopic image", type=suffixes, help="JPEG, PNG, BMP or TIFF; one image at a time"
@@ -182,25 +187,51 @@ def classify_page(run: Run) -> None:
     class_definitions()
 
 
-def performance_page(run: Run) -> None:
-    params = run.params
-    st.markdown(
-        f"**{params.backbone}** at {params.image_size} px, weights `{params.weights}`, "
-        f"{params.warmup_epochs} warm-up + {params.finetune_epochs} fine-tune epochs, "
-        f"loss `{params.loss}`. Folder: `{run.path}`"
+def training_summary(run: Run) -> str:
+    """How the run was trained and where it stopped, from its parameters and state."""
+    params, state = run.params, run.state()
+    planned = params.warmup_epochs + params.finetune_epochs
+    if state.stopped_early:
+        stop = (
+            f"stopped early after {state.epochs_done} of {planned} planned epochs: "
+            f"{params.patience} fine-tuning epochs without a better `{params.monitor}`"
+        )
+    else:
+        stop = f"ran all {planned} planned epochs"
+    best = (
+        f" The best model is epoch {state.best_epoch + 1} (`{params.monitor}` "
+        f"{state.best_score:.3f} on validation)."
+        if state.best_epoch >= 0
+        else ""
     )
-    sets = (("Test split", run.evaluation_dir), ("External set", run.evaluation_dir / "external"))
-    for name, folder in sets:
-        metrics_file = folder / "metrics.json"
-        if not metrics_file.is_file():
-            if name == "Test split":
+    return (
+        f"**{params.backbone}** at {params.image_size} px, weights `{params.weights}`, loss "
+        f"`{params.loss}`; {params.warmup_epochs} warm-up + {params.finetune_epochs} fine-tune "
+        f"epochs planned, {stop}.{best} Folder: `{run.path}`"
+    )
+
+
+def performance_page(run: Run) -> None:
+    st.markdown(training_summary(run))
+    evaluation = run.evaluation("best")
+    curves = run.path / CURVES_FILE
+    if curves.is_file():
+        st.image(str(curves), caption=FIGURE_CAPTIONS[CURVES_FILE])
+    for set_name in ("test", EXTERNAL_SET):
+        metrics = evaluation.metrics(set_name)
+        if metrics is None:
+            if set_name == "test":
                 st.info(
-                    "This run has not been evaluated yet: `python -m ham_utils evaluate --run "
-                    f"{run.path}` writes its metrics and figures."
+                    "The best model of this run has not been evaluated yet: `python -m "
+                    f"ham_utils evaluate --run {run.path}` writes its metrics and figures."
                 )
             continue
-        metrics = json.loads(metrics_file.read_text())
-        st.subheader(f"{name}: {metrics['n_images']} images")
+        title = "Test split" if set_name == "test" else "External set"
+        st.subheader(f"{title}: {metrics['n_images']} images")
+        st.caption(
+            f"Source: {metrics.get('source', 'not recorded')}. Best model, "
+            f"{metrics.get('tta_views', 1)} test-time view(s)."
+        )
         columns = st.columns(len(HEADLINE_METRICS))
         for column, (key, label) in zip(columns, HEADLINE_METRICS, strict=True):
             value = metrics.get(key)
@@ -216,10 +247,10 @@ def performance_page(run: Run) -> None:
                 else "."
             )
         )
-        figures = folder / "figures"
+        figures = evaluation.figures_dir(set_name)
         for file, caption in FIGURE_CAPTIONS.items():
-            if (figures / file).is_file():
-                st.image(str(figures / file), caption=caption)
+            if file != CURVES_FILE and (figures / file).is_file():
+                st.image(str(figures / file), caption=f"{caption}, {title.lower()}")
 
 
 def _fraction(value: float | None) -> str:

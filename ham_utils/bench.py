@@ -159,7 +159,7 @@ def bench_backbones(
     import keras
     import numpy as np
 
-    from ham_utils.lite import VARIANTS
+    from ham_utils.backbones import LITE_VARIANTS
     from ham_utils.models import build_model
     from ham_utils.train import _compile, _set_trainable
 
@@ -169,7 +169,7 @@ def bench_backbones(
     x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
     y = keras.utils.to_categorical(rng.integers(0, 7, batch), 7)
     rows = []
-    for name in VARIANTS:
+    for name in LITE_VARIANTS:
         params = dataclasses.replace(base, backbone=name)
         keras.utils.set_random_seed(0)
         model = build_model(name, size, "none", params.head, params.dropout)

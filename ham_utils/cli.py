@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ham_utils.config import Params, ParamsError, load_params, parse_override
-from ham_utils.errors import DataError
+from ham_utils.config import MODELS, Params, ParamsError, load_params, parse_override
+from ham_utils.errors import DataError, capture_warnings
 from ham_utils.report import NotebookFailed
 
 DEFAULT_PARAMS = "params/smoke.yaml"
@@ -53,7 +53,7 @@ def cmd_split(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ham_utils.prepare import load_splits, prepare_splits
-    from ham_utils.split import class_table, max_share_deviation, read_split_info
+    from ham_utils.split import SPLITS, class_table, max_share_deviation, read_split_info
 
     params = _params(args)
     path = prepare_splits(params)
@@ -61,10 +61,15 @@ def cmd_split(args: argparse.Namespace) -> None:
     info = read_split_info(path)
     with pd.option_context("display.width", 120, "display.max_columns", 20):
         print(class_table(splits))
+    # The gap is computed over the table's rows: extra images of val/test lesions are in
+    # neither (they are never trained or evaluated on).
+    extra = int((~splits["split"].isin(SPLITS)).sum())
+    extra_note = f" ({extra} extra images of val/test lesions not counted)" if extra else ""
     print(
         f"\n{info['images']} images of {info['lesions']} lesions; no lesion in two splits; "
-        f"largest class-share gap to overall {max_share_deviation(splits):.2f} pp; "
-        f"{info['dropped_rows']} metadata rows dropped (see {info['dropped_rows_csv']})"
+        f"largest class-share gap to overall in the table {max_share_deviation(splits):.2f} "
+        f"pp{extra_note}; {info['dropped_rows']} metadata rows dropped "
+        f"(see {info['dropped_rows_csv']})"
     )
     if info["synthetic"]:
         print(
@@ -91,13 +96,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(train(_params(args)))
 
 
-EVALUATION_SETTINGS = ("tta", "temperature_scaling", "external_dir", "batch_size")
-
-
 def _run(args: argparse.Namespace):
     """The run of ``--run`` (default: the latest), with evaluation-time ``--set`` overrides."""
     from ham_utils.config import coerce_value
-    from ham_utils.runs import open_run
+    from ham_utils.runs import EVALUATION_SETTINGS, open_run
 
     run = open_run(args.run)
     overrides = dict(parse_override(s) for s in args.set)
@@ -108,8 +110,7 @@ def _run(args: argparse.Namespace):
             "changed at evaluation (train a new run for the others)"
         )
     values = {k: coerce_value(k, v) for k, v in overrides.items()}
-    params = dataclasses.replace(run.params, **values).validate()
-    return dataclasses.replace(run, params=params)
+    return run.with_settings(**values)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -125,25 +126,28 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         )
     if run.synthetic:
         print("NOTE: trained and evaluated on SYNTHETIC demo data; these numbers mean nothing.")
-    print(run.evaluation_dir)
+    print(run.evaluation(args.which).root)
 
 
 def cmd_gradcam(args: argparse.Namespace) -> None:
-    from ham_utils.evaluate import PREDICTIONS_FILE
     from ham_utils.explain import RunExplainer, class_grids, explain_files
 
     run = _run(args)
     if args.class_name and args.class_name not in run.classes:
         raise ParamsError(f"--class must be one of {run.classes}, got {args.class_name!r}")
     explainer = RunExplainer(run, args.which)
-    out_dir = Path(args.out) if args.out else run.evaluation_dir / "gradcam"
+    evaluation = run.evaluation(args.which)
+    out_dir = Path(args.out) if args.out else evaluation.gradcam_dir
     if args.images:
         for path in explain_files(explainer, args.images, out_dir, args.class_name):
             print(path)
         return
-    predictions = run.evaluation_dir / PREDICTIONS_FILE
+    predictions = evaluation.predictions_file()
     if not predictions.is_file():
-        raise DataError(f"{predictions} not found; run `python -m ham_utils evaluate` first")
+        raise DataError(
+            f"{predictions} not found; run `python -m ham_utils evaluate --which {args.which}` "
+            "first"
+        )
     for path in class_grids(explainer, predictions, out_dir, args.per_class).values():
         print(path)
 
@@ -224,16 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--set",
-            action="append",
+            nargs="+",
+            action="extend",
             default=[],
             metavar="KEY=VALUE",
-            help="override one parameter; repeatable",
+            help="override parameters: --set image_size=96 seed=7 (repeatable)",
         )
         if name == "synth":
             p.add_argument("--out", help="write to this folder instead of data/demo/...")
         if name in ("evaluate", "gradcam", "predict"):
             p.add_argument("--run", default="", help="run folder (default: the latest run)")
-            p.add_argument("--which", default="best", choices=("best", "last"), help="model")
+            p.add_argument("--which", default="best", choices=MODELS, help="model")
         if name == "evaluate":
             p.add_argument("--external", default=None, help="ISIC 2018 ground truth CSV or dir")
         if name == "gradcam":
@@ -250,21 +255,35 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--run", default="", help="run folder (default: the latest run)")
             p.add_argument("--format", required=True, choices=FORMATS, help="export format")
             p.add_argument("--out", default=None, help="output folder (default: RUN/export)")
-            p.add_argument("--which", default="best", choices=("best", "last"), help="model")
+            p.add_argument("--which", default="best", choices=MODELS, help="model")
         if name == "download":
             p.add_argument("--dest", default="data/ham10000", help="target folder")
     return parser
 
 
 def configure_logging() -> None:
+    """INFO and above to stderr; each warning as one line ``WARNING: Category: message``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    logging.captureWarnings(True)  # DataWarnings print as one WARNING line each
+    capture_warnings()
+
+
+def _take_stray_set_values(args: argparse.Namespace) -> None:
+    """``--set`` takes every word after it, so ``predict --set tta=2 a.jpg`` gives it the image
+    path too: words without ``=`` go back to the command's images (or are an error)."""
+    stray = [word for word in args.set if "=" not in word]
+    if not stray:
+        return
+    if not hasattr(args, "images"):
+        raise ParamsError(f"--set takes key=value pairs; {stray} are not of that form")
+    args.set = [word for word in args.set if "=" in word]
+    args.images = [*args.images, *stray]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
     try:
+        _take_stray_set_values(args)
         code = args.func(args)
     except (DataError, ParamsError, FileNotFoundError, NotebookFailed) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,7 +1,9 @@
 """Class order and descriptions, risk groups, project paths and the parameter schema.
 
-One flat YAML file of parameters feeds both papermill (``-f params/x.yaml``) and the command
-line (``--params params/x.yaml --set key=value``); :func:`load_params` is the single reader.
+One flat YAML file of parameters feeds both the notebooks and the command line
+(``--params params/x.yaml --set key=value ...``); :func:`load_params` is the single reader.
+In a notebook run by papermill, ``-p params_file params/x.yaml`` picks the file, and
+``-p key value`` or ``-f params/x.yaml`` set keys over it (:func:`ham_utils.notebook.setup`).
 """
 
 from __future__ import annotations
@@ -79,12 +81,17 @@ WEIGHTS_CACHE = Path(
 RESIZE_MODES: tuple[str, ...] = ("squash", "center_crop")
 FOCAL_ALPHA_MODES: tuple[str, ...] = ("inverse_frequency", "balanced_sqrt")
 TTA_VIEWS: tuple[int, ...] = (1, 2, 4, 8)
+HEADS: tuple[str, ...] = ("simple", "b3")
+# Parameters that name a place on one machine: a run moved elsewhere gets them anew.
+MACHINE_PATHS: tuple[str, ...] = ("data_dir", "metadata_csv")
+# The two models a run keeps: the best epoch by the monitored metric, and the last one.
+MODELS: tuple[str, ...] = ("best", "last")
 
 
 # Parameters that take one of a few values.
 CHOICES: dict[str, tuple[str, ...]] = {
     "resize_mode": RESIZE_MODES,
-    "head": ("simple", "b3"),
+    "head": HEADS,
     "loss": ("focal", "crossentropy"),
     "oversampling": ("none", "sqrt", "balanced"),
     "lr_schedule": ("cosine", "plateau", "constant"),
@@ -176,9 +183,12 @@ class Params:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def validate(self) -> Params:
+        from ham_utils.backbones import get_backbone
+
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ParamsError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        get_backbone(self.backbone)  # an unknown name fails here, before any split or cache
         self.focal_alpha_values()  # checks the value
         if self.unfreeze != "all" and not (self.unfreeze.isdigit() and int(self.unfreeze) > 0):
             raise ParamsError(f"unfreeze must be 'all' or a positive number, got {self.unfreeze!r}")
@@ -264,6 +274,7 @@ def dataset_slug(data_dir: Path) -> str:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Params) if f.name != "extra"}
+PARAMETER_NAMES: tuple[str, ...] = tuple(_FIELDS)
 
 
 def coerce_value(key: str, value: Any) -> Any:

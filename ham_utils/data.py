@@ -328,18 +328,71 @@ def _fill_missing_lesions(rows: pd.DataFrame, source: Path) -> pd.DataFrame:
     return rows
 
 
+def _drop_mixed_label_lesions(
+    rows: pd.DataFrame, source: Path
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drop every image of a lesion whose images carry different ``dx`` labels, with a
+    warning: which label is right cannot be told, and one lesion has one diagnosis."""
+    labels = rows.groupby("lesion_id")["dx"].unique()
+    mixed = labels[labels.map(len) > 1]
+    if mixed.empty:
+        return rows, _dropped()
+    listed = {lesion: ", ".join(sorted(dx)) for lesion, dx in mixed.items()}
+    bad = rows["lesion_id"].isin(mixed.index)
+    if bad.all():
+        raise DataError(
+            f"{source}: every lesion_id has images labelled with different dx (e.g. "
+            f"{_examples(listed)}); correct dx or lesion_id so that all images of a lesion "
+            "carry its one diagnosis"
+        )
+    examples = _examples(listed)
+    _warn_dropped(
+        int(bad.sum()),
+        len(rows),
+        f"all images of {len(mixed)} lesions whose images carry different dx labels, e.g. "
+        f"{examples}; correct dx or lesion_id in the metadata to keep them",
+        source,
+    )
+    reasons = (
+        f"lesion {lesion} has images labelled with different dx ({listed[lesion]}); "
+        "all its images dropped"
+        for lesion in rows.loc[bad, "lesion_id"]
+    )
+    return rows[~bad], _dropped(rows.loc[bad, "image_id"], reasons, str(source))
+
+
+def _examples(listed: dict[str, str]) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in list(listed.items())[:EXAMPLES])
+
+
+def _extension_hint(image_ids: pd.Series) -> str:
+    """A hint when ids that were not found end in an image extension (``ISIC_1.jpg``):
+    image files are matched by their name without the extension."""
+    with_suffix = image_ids[image_ids.map(lambda i: is_image_file(Path(i)))]
+    if with_suffix.empty:
+        return ""
+    example = with_suffix.iloc[0]
+    return (
+        f"; {len(with_suffix)} of these image ids end in an image extension (e.g. "
+        f"{example}): the image_id column holds ids without the extension "
+        f"({Path(example).stem}, not {example}), so remove it from the ids"
+    )
+
+
 def _attach_image_paths(
     rows: pd.DataFrame, index: dict[str, Path], source: Path, image_root: Path
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Add the ``path`` column; rows without an image file are dropped with a warning."""
     found = rows["image_id"].isin(index.keys())
+    hint = _extension_hint(rows.loc[~found, "image_id"])
     if not found.any():
         stems = ", ".join(list(index)[:EXAMPLES]) or "none"
+        fix = f"{hint}; {'if the ids are right, ' if hint else ''}point DATA_DIR at the folder "
+        fix += "holding the HAM10000 images"
         raise DataError(
             f"none of the {len(rows)} image ids in {source} (e.g. "
             f"{', '.join(rows['image_id'].head(EXAMPLES))}) has an image file under "
-            f"{image_root} ({len(index)} image files found, e.g. {stems}); point DATA_DIR at "
-            "the folder holding the HAM10000 images"
+            f"{image_root} ({len(index)} image files found, e.g. {stems}){fix}"
         )
     unused = len(index) - int(found.sum())
     if unused:
@@ -352,7 +405,7 @@ def _attach_image_paths(
     reason = f"image file not found under {image_root}"
     dropped = _dropped(rows.loc[~found, "image_id"], reason, str(source))
     if len(dropped):
-        _warn_dropped(len(dropped), len(rows), reason, source)
+        _warn_dropped(len(dropped), len(rows), reason + hint, source)
     rows = rows[found].copy()
     rows["path"] = [str(index[i]) for i in rows["image_id"]]
     return rows, dropped
@@ -405,16 +458,18 @@ def _finish_reading(
     verify_images: bool,
     progress: bool,
 ) -> DatasetRead:
-    """The steps shared by every reader: duplicates, lesions, image files, decoding, labels."""
+    """The steps shared by every reader: duplicates, lesions (and their labels), image files,
+    decoding, labels."""
     rows, duplicates = _drop_duplicate_rows(rows, source)
     rows = _fill_missing_lesions(rows, source)
+    rows, mixed = _drop_mixed_label_lesions(rows, source)
     rows, missing = _attach_image_paths(rows, index_images(image_root), source, image_root)
     unreadable = _dropped()
     if verify_images:
         rows, unreadable = _drop_unreadable_images(rows, source, progress)
     rows = rows.assign(label=rows["dx"].map({c: i for i, c in enumerate(CLASSES)}).astype(int))
     metadata = rows[[*METADATA_COLUMNS, "path", "label"]].reset_index(drop=True)
-    dropped = pd.concat([duplicates, missing, unreadable], ignore_index=True)
+    dropped = pd.concat([duplicates, mixed, missing, unreadable], ignore_index=True)
     synthetic = any(
         (folder / SYNTHETIC_MARKER_FILE).is_file() for folder in {image_root, source.parent}
     )

@@ -1,10 +1,13 @@
-"""Evaluate a finished run: predictions (with optional test-time augmentation), metrics,
-temperature scaling and figures, on its test split and on an external ISIC 2018 set.
+"""Evaluate one model of a finished run: predictions (with optional test-time augmentation),
+metrics, temperature scaling and figures, on its test split and on an external ISIC 2018 set.
 
-Writes ``runs/<run_id>/evaluation/`` (test split) and ``evaluation/external/``:
-``predictions.csv`` (image_id, true class, one probability per class, predicted class),
-``metrics.json`` and ``figures/*.png``. The test split is predicted once here, at the end;
-nothing is tuned on it (the temperature is fitted on the validation split).
+Writes ``runs/<run_id>/evaluation/<model>/`` (layout: :mod:`ham_utils.runs`): the test
+split's ``predictions.csv`` (image_id, true class, one probability per class, predicted
+class), ``metrics.json`` (which names the model and the TTA views) and ``figures/*.png``; the
+external set's under ``external/``; and ``calibration.json``, the temperatures fitted on the
+validation split for the TTA outputs evaluated here and for the single-view outputs that
+``predict`` and the app make. The test split is predicted once here, at the end; nothing is
+tuned on it.
 """
 
 from __future__ import annotations
@@ -18,14 +21,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ham_utils.config import CLASSES, resolve_path
+from ham_utils.config import CLASSES, TTA_VIEWS, resolve_path
 from ham_utils.errors import DataError
-from ham_utils.runs import Run
+from ham_utils.runs import (
+    CURVES_FILE,
+    DROPPED_ROWS_FILE,
+    EXTERNAL_SET,
+    FIGURES_DIR,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    SPLITS_FILE,
+    Evaluation,
+    Run,
+)
 
 log = logging.getLogger("ham_utils")
 
-PREDICTIONS_FILE = "predictions.csv"
-METRICS_FILE = "metrics.json"
 FIGURES = ("training_curves", "confusion_matrix", "roc", "precision_recall", "reliability",
            "per_class_f1")  # fmt: skip
 
@@ -34,26 +45,35 @@ def tta_views(images: np.ndarray, views: int) -> list[np.ndarray]:
     """The first ``views`` of the 8 symmetries of the square (1: the image itself; 2: plus a
     horizontal flip; 4: all flips; 8: flips and quarter turns). Dermoscopy has no up or down,
     so every view is a plausible image of the same lesion."""
-    if views not in (1, 2, 4, 8):
-        raise ValueError(f"views must be 1, 2, 4 or 8, got {views}")
+    if views not in TTA_VIEWS:
+        raise ValueError(f"views must be one of {TTA_VIEWS}, got {views}")
     flips = [images, images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1]]
     turned = [np.rot90(v, k=1, axes=(1, 2)) for v in flips]
     return (flips + turned)[:views]
+
+
+def predict_views(
+    model: Any, images: np.ndarray, batch_size: int = 64, tta: int = 1, progress: bool = True
+) -> np.ndarray:
+    """Class probabilities of uint8 images (N, H, W, 3) for each of ``tta`` views: (tta, N, K).
+    View 0 is the image itself, what a single-view consumer (``predict``, the app) sees."""
+    from tqdm import tqdm
+
+    out = np.zeros((tta, len(images), model.output_shape[-1]), dtype=np.float32)
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="predict", disable=not progress, unit="batch"):
+        batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
+        for v, view in enumerate(tta_views(batch, tta)):
+            out[v, start : start + len(batch)] = model.predict_on_batch(np.ascontiguousarray(view))
+    return out
 
 
 def predict_probabilities(
     model: Any, images: np.ndarray, batch_size: int = 64, tta: int = 1, progress: bool = True
 ) -> np.ndarray:
     """Class probabilities of uint8 images (N, H, W, 3), averaged over ``tta`` views."""
-    from tqdm import tqdm
-
-    total = np.zeros((len(images), model.output_shape[-1]), dtype=np.float64)
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc="predict", disable=not progress, unit="batch"):
-        batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
-        for view in tta_views(batch, tta):
-            total[start : start + len(batch)] += model.predict_on_batch(np.ascontiguousarray(view))
-    return (total / tta).astype(np.float32)
+    views = predict_views(model, images, batch_size, tta, progress)
+    return views.astype(np.float64).mean(axis=0).astype(np.float32)
 
 
 def predictions_table(
@@ -83,20 +103,26 @@ class EvaluationSet:
     labels: np.ndarray
     image_ids: np.ndarray
     out_dir: Path
+    source: str  # where the images and labels come from, in words a reader can check
 
 
-def _split_set(run: Run, split: str, progress: bool) -> EvaluationSet:
+def _split_set(run: Run, split: str, out_dir: Path, progress: bool) -> EvaluationSet:
     from ham_utils.cache import build_split_cache
+    from ham_utils.split import check_images_found
 
     splits = run.splits()
     rows = splits[splits["split"] == split]
     if rows.empty:
-        raise DataError(f"{run.path / 'splits.csv'} has no {split!r} rows")
+        raise DataError(f"{run.path / SPLITS_FILE} has no {split!r} rows")
     params = run.params
+    check_images_found(rows, params.resolved_data_dir, run.path / SPLITS_FILE)
     cached = build_split_cache(
         rows, split, params.cache_dir, params.image_size, params.resize_mode, progress=progress
     )
-    return EvaluationSet(split, cached.images, cached.labels, cached.image_ids, run.evaluation_dir)
+    source = f"the run's {split} split ({run.path / SPLITS_FILE}, one image per lesion)"
+    if not params.one_image_per_lesion_eval:
+        source = f"the run's {split} split ({run.path / SPLITS_FILE}, every image)"
+    return EvaluationSet(split, cached.images, cached.labels, cached.image_ids, out_dir, source)
 
 
 def find_ground_truth(path: Path) -> Path:
@@ -114,16 +140,16 @@ def find_ground_truth(path: Path) -> Path:
     return found[0]
 
 
-def _external_set(run: Run, external: str, progress: bool) -> EvaluationSet:
+def _external_set(run: Run, external: str, evaluation: Evaluation, progress: bool) -> EvaluationSet:
     from ham_utils.cache import build_split_cache
     from ham_utils.config import CACHE_ROOT, dataset_slug
     from ham_utils.data import read_isic_ground_truth
 
     csv_path = find_ground_truth(resolve_path(external))
     dataset = read_isic_ground_truth(csv_path, progress=progress)
-    out_dir = run.evaluation_dir / "external"
+    out_dir = evaluation.set_dir(EXTERNAL_SET)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset.write_dropped(out_dir / "dropped_rows.csv")
+    dataset.write_dropped(out_dir / DROPPED_ROWS_FILE)
     params = run.params
     cached = build_split_cache(
         dataset.metadata,
@@ -133,27 +159,29 @@ def _external_set(run: Run, external: str, progress: bool) -> EvaluationSet:
         params.resize_mode,
         progress=progress,
     )
-    return EvaluationSet("external", cached.images, cached.labels, cached.image_ids, out_dir)
+    source = f"ISIC 2018 Task 3 ground truth {csv_path}, {len(dataset.dropped)} rows dropped"
+    return EvaluationSet(
+        EXTERNAL_SET, cached.images, cached.labels, cached.image_ids, out_dir, source
+    )
 
 
-def _write_figures(
-    out_dir: Path, labels: np.ndarray, probs: np.ndarray, metrics: dict, run: Run
-) -> None:
+def _write_figures(data: EvaluationSet, probs: np.ndarray, metrics: dict, run: Run) -> None:
     from ham_utils import plots
 
-    figures = out_dir / "figures"
+    figures, labels = data.out_dir / FIGURES_DIR, data.labels
     classes = run.classes
-    plots.plot_training_curves(run.history(), figures / "training_curves.png")
+    if data.name == "test":  # the training curves belong with the run's own evaluation only
+        plots.plot_training_curves(run.history(), figures / CURVES_FILE)
     cm = np.asarray(metrics["confusion_matrix"])
     plots.plot_confusion_matrices(cm, classes, figures / "confusion_matrix.png")
     plots.plot_roc_curves(labels, probs, classes, figures / "roc.png")
     plots.plot_pr_curves(labels, probs, classes, figures / "precision_recall.png")
     plots.plot_reliability(labels, probs, path=figures / "reliability.png")
-    plots.plot_per_class_f1(metrics, figures / "per_class_f1.png")
+    plots.plot_per_class_f1(metrics, figures / "per_class_f1.png", data.name)
 
 
 def _evaluate_set(
-    model: Any, run: Run, data: EvaluationSet, temperature: float | None, progress: bool
+    model: Any, run: Run, which: str, data: EvaluationSet, temperature: float | None, progress: bool
 ) -> dict[str, Any]:
     from ham_utils.scoring import (
         apply_temperature,
@@ -170,7 +198,9 @@ def _evaluate_set(
     metrics.update(
         {
             "set": data.name,
+            "source": data.source,
             "run": run.name,
+            "model": which,
             "synthetic_data": run.synthetic,
             "tta_views": params.tta,
             "temperature": temperature,
@@ -180,14 +210,15 @@ def _evaluate_set(
         }
     )
     (data.out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    _write_figures(data.out_dir, data.labels, probs, metrics, run)
+    _write_figures(data, probs, metrics, run)
     if params.track:
         from ham_utils.tracking import log_evaluation
 
-        log_evaluation(run.path, data.name, metrics, data.out_dir)
+        log_evaluation(run.path, which, data.name, metrics, data.out_dir)
     log.info(
-        "%s: balanced accuracy %.3f, macro F1 %.3f on %d images -> %s",
+        "%s (%s model): balanced accuracy %.3f, macro F1 %.3f on %d images -> %s",
         data.name,
+        which,
         metrics["balanced_accuracy"],
         metrics["macro_f1"],
         metrics["n_images"],
@@ -196,31 +227,41 @@ def _evaluate_set(
     return metrics
 
 
-def fit_run_temperature(model: Any, run: Run, progress: bool = True) -> float:
-    """Temperature fitted on the run's validation split (never on test)."""
+def fit_run_temperatures(
+    model: Any, run: Run, evaluation: Evaluation, progress: bool = True
+) -> dict[int, float]:
+    """Temperatures fitted on the run's validation split (never on test), one for the
+    ``tta``-view outputs evaluated here and one for single-view outputs; stored with the
+    model's evaluation. Both come from one pass: view 0 of the TTA views is the image itself."""
     from ham_utils.scoring import fit_temperature
 
-    val = _split_set(run, "val", progress)
-    probs = predict_probabilities(
-        model, val.images, run.params.batch_size, run.params.tta, progress
-    )
-    return fit_temperature(probs, val.labels)
+    val = _split_set(run, "val", evaluation.root, progress)
+    views = predict_views(model, val.images, run.params.batch_size, run.params.tta, progress)
+    temperatures = {
+        1: fit_temperature(views[0], val.labels),
+        run.params.tta: fit_temperature(views.astype(np.float64).mean(axis=0), val.labels),
+    }
+    evaluation.write_calibration(temperatures, len(val.labels))
+    return temperatures
 
 
 def evaluate_run(
     run: Run, external: str | None = None, which: str = "best", progress: bool = True
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate ``run`` on its test split (and ``external``, an ISIC 2018 ground truth CSV or
-    its folder; default the run's ``external_dir``). Returns the metrics by set name."""
+    """Evaluate one model of ``run`` on its test split (and ``external``, an ISIC 2018 ground
+    truth CSV or its folder; default the run's ``external_dir``). Returns metrics by set."""
+    evaluation = run.evaluation(which)
     model = run.load_model(which)
+    evaluation.calibration_file.unlink(missing_ok=True)  # never leave one of another setting
     temperature = (
-        fit_run_temperature(model, run, progress) if run.params.temperature_scaling else None
+        fit_run_temperatures(model, run, evaluation, progress)[run.params.tta]
+        if run.params.temperature_scaling
+        else None
     )
-    results = {
-        "test": _evaluate_set(model, run, _split_set(run, "test", progress), temperature, progress)
-    }
+    test = _split_set(run, "test", evaluation.root, progress)
+    results = {"test": _evaluate_set(model, run, which, test, temperature, progress)}
     external = external if external is not None else run.params.external_dir
     if external:
-        data = _external_set(run, external, progress)
-        results["external"] = _evaluate_set(model, run, data, temperature, progress)
+        data = _external_set(run, external, evaluation, progress)
+        results[EXTERNAL_SET] = _evaluate_set(model, run, which, data, temperature, progress)
     return results

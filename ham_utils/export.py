@@ -28,6 +28,7 @@ import numpy as np
 
 from ham_utils.config import CLASSES, ParamsError
 from ham_utils.errors import DataError
+from ham_utils.models import all_layers
 
 if TYPE_CHECKING:
     from ham_utils.runs import Run
@@ -191,7 +192,7 @@ def compute_in_float32(model: Any) -> None:
     A run trained under mixed precision computes in float16/bfloat16, which ONNX and LiteRT
     kernels mostly lack; its variables are float32 already, so only the compute type changes.
     """
-    for layer in model._flatten_layers():
+    for layer in all_layers(model):
         if layer.dtype_policy.name != "float32":
             layer.dtype_policy = "float32"
 
@@ -208,7 +209,7 @@ def _normalization_as_constants(model: Any) -> Iterator[None]:
     import keras
 
     saved = []
-    for layer in model._flatten_layers():
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.Normalization) and layer.mean is not None:
             saved.append((layer, layer.mean, layer.variance))
             layer.mean, layer.variance = np.asarray(layer.mean), np.asarray(layer.variance)

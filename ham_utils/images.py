@@ -25,6 +25,8 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".ti
 # above; both end in the same message.
 MAX_PIXELS = 100_000_000
 
+UINT16_MAX = 65535
+
 ImageSource = str | os.PathLike[str] | bytes
 
 
@@ -86,10 +88,12 @@ def open_rgb(
 
 def _to_rgb8(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale the used range to 8 bits instead of clipping at 255.
-        arr = np.asarray(im, dtype=np.float64)
-        hi = arr.max() or 1.0
-        im = Image.fromarray((arr * (255.0 / hi)).round().astype(np.uint8), mode="L")
+        # 16-bit grayscale: scale the type's range 0..65535 to 0..255 (Pillow would clip at
+        # 255), not the image's own maximum, which would brighten a dark image. Mode "I"
+        # (32-bit) is how some files and older Pillow versions hold 16-bit data; values
+        # outside 0..65535 are clipped.
+        arr = np.clip(np.asarray(im, dtype=np.float64), 0, UINT16_MAX)
+        im = Image.fromarray((arr * (255.0 / UINT16_MAX)).round().astype(np.uint8), mode="L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

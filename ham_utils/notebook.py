@@ -13,11 +13,14 @@ os.environ.setdefault("TQDM_MININTERVAL", "10")
 
 import pandas as pd
 
-from ham_utils.config import Params, load_params, resolve_path
+from ham_utils.config import PARAMETER_NAMES, Params, ParamsError, load_params, resolve_path
+from ham_utils.errors import capture_warnings
 from ham_utils.report import FIGURES_DIR
 from ham_utils.runs import Run
 
 __all__ = ["FIGURES_DIR", "setup"]
+
+log = logging.getLogger("ham_utils")
 
 SYNTHETIC_WARNING = (
     "**SYNTHETIC DEMO DATA.** These images are generated drawings in the HAM10000 layout, "
@@ -32,11 +35,36 @@ def _show_markdown(text: str) -> None:
     display(Markdown(text))
 
 
-def setup(params_file: str, overrides: dict[str, Any] | None = None) -> Params:
-    """Log to the notebook, read the parameters, and flag synthetic data loudly."""
+def named_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The parameters a notebook's namespace sets by name: what ``papermill -p image_size 96``
+    or ``-f params/b3.yaml`` inject after the parameters cell. The notebooks never assign a
+    parameter's name themselves (a test checks), so every such name was injected."""
+    return {name: namespace[name] for name in PARAMETER_NAMES if name in namespace}
+
+
+def setup(
+    params_file: str,
+    overrides: dict[str, Any] | None = None,
+    namespace: dict[str, Any] | None = None,
+) -> Params:
+    """Log to the notebook, read the parameters, and flag synthetic data loudly.
+
+    ``params_file`` gives the recipe; ``overrides`` (what ``make all`` passes) and the
+    parameters set by name in ``namespace`` (the notebook's ``globals()``) change single keys.
+    A key given both ways with different values is an error, not a silent choice.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", force=True)
-    logging.captureWarnings(True)
-    params = load_params(resolve_path(params_file) if params_file else None, overrides or {})
+    capture_warnings()  # one line per warning, without Python's source line
+    overrides = dict(overrides or {})
+    named = named_parameters(namespace or {})
+    clash = sorted(k for k in named.keys() & overrides.keys() if named[k] != overrides[k])
+    if clash:
+        raise ParamsError(
+            f"{clash} given both by name and in `overrides`, with different values; give each once"
+        )
+    params = load_params(resolve_path(params_file) if params_file else None, overrides | named)
+    if named:
+        log.info("parameters set by name over %s: %s", params_file or "the defaults", named)
     FIGURES_DIR.mkdir(parents=True, exist_ok=True)
     if params.uses_demo_data:
         _show_markdown(SYNTHETIC_WARNING)
@@ -83,12 +111,13 @@ def describe_recipe(params: Params) -> pd.DataFrame:
 
 
 def open_params_run(params: Params) -> Run:
-    """The finished run these parameters train (``03_training`` makes it)."""
+    """The finished run these parameters train (``03_training`` makes it), with this
+    notebook's evaluation settings and data folder (the run may come from another machine)."""
     from ham_utils.config import RUNS_ROOT
-    from ham_utils.runs import open_run
-    from ham_utils.train import run_id
+    from ham_utils.runs import EVALUATION_SETTINGS, open_run, run_id
 
-    return open_run(RUNS_ROOT / run_id(params))
+    run = open_run(RUNS_ROOT / run_id(params))
+    return run.with_settings(**{key: getattr(params, key) for key in EVALUATION_SETTINGS})
 
 
 def synthetic_warning(run: Run) -> None:

@@ -276,8 +276,11 @@ def plot_reliability(
     return _finish(fig, path)
 
 
-def plot_per_class_f1(metrics: dict[str, Any], path: PathLike = None) -> Figure:
-    """Per-class F1 and recall from :func:`ham_utils.scoring.evaluation_metrics`."""
+def plot_per_class_f1(
+    metrics: dict[str, Any], path: PathLike = None, set_label: str = "test"
+) -> Figure:
+    """Per-class F1 and recall from :func:`ham_utils.scoring.evaluation_metrics`, on the set
+    ``set_label`` names (the test split, an external set)."""
     per_class = metrics["per_class"]
     names = list(per_class)
     x, width = np.arange(len(names)), 0.4
@@ -301,7 +304,7 @@ def plot_per_class_f1(metrics: dict[str, Any], path: PathLike = None) -> Figure:
     ax.set_xticks(x, [f"{c}\n(n={per_class[c]['support']})" for c in names])
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("score")
-    ax.set_title("Per-class F1 and recall (n = test images of the class)")
+    ax.set_title(f"Per-class F1 and recall (n = {set_label} images of the class)")
     ax.legend(fontsize="small", ncols=2)
     return _finish(fig, path)
 

@@ -2,14 +2,14 @@
 
 Shared by the Streamlit app and ``python -m ham_utils predict``. Each image is decoded once
 (any mode, EXIF orientation applied; see :mod:`ham_utils.images`) and resized twice: to the
-run's input size for the model and to a larger copy for the overlay. When the run's
+run's input size for the model and to a larger copy for the overlay. When the model's
 evaluation fitted a temperature on the validation split, the probabilities shown are the
-calibrated ones (the predicted class is the same either way).
+calibrated ones (the one fitted for single-view outputs, as here; the predicted class is the
+same either way).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -77,15 +77,14 @@ class Prediction:
         }
 
 
-def run_temperature(run: Run) -> float | None:
-    """The temperature the run's evaluation fitted on its validation split, if any."""
-    from ham_utils.evaluate import METRICS_FILE
+# predict and the app classify each image as it is, without test-time augmentation.
+PREDICT_VIEWS = 1
 
-    metrics = run.evaluation_dir / METRICS_FILE
-    if not metrics.is_file():
-        return None
-    value = json.loads(metrics.read_text()).get("temperature")
-    return float(value) if value else None
+
+def run_temperature(run: Run, which: str = "best") -> float | None:
+    """The temperature fitted on the validation split for single-view outputs of this model
+    (None when it has not been evaluated with temperature scaling)."""
+    return run.evaluation(which).temperature(PREDICT_VIEWS)
 
 
 class Predictor:
@@ -96,7 +95,7 @@ class Predictor:
 
         self.run = run
         self.explainer = RunExplainer(run, which, model)
-        self.temperature = run_temperature(run)
+        self.temperature = run_temperature(run, which)
 
     def warm_up(self) -> None:
         """Trace the model and its Grad-CAM on a blank image (some seconds), so that the

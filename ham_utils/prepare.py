@@ -7,14 +7,25 @@ notebook can run on its own.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from ham_utils.cache import CachedSplit, build_split_cache
 from ham_utils.config import Params
-from ham_utils.errors import DataError
-from ham_utils.split import SPLITS, leaked_lesions, lesion_split, read_splits, write_splits
+from ham_utils.errors import DataError, DataWarning
+from ham_utils.split import (
+    SPLITS,
+    coverage_problems,
+    leaked_lesions,
+    lesion_split,
+    read_splits,
+    relative_paths,
+    require_training_images,
+    split_info_path,
+    write_splits,
+)
 
 log = logging.getLogger("ham_utils")
 
@@ -41,16 +52,22 @@ def ensure_demo_data(params: Params, progress: bool = True) -> Path:
 
 
 def prepare_splits(params: Params, progress: bool = True) -> Path:
-    """Read and validate the data, split it by lesion, write splits.csv; return its path."""
-    from ham_utils.data import read_ham10000
+    """Read and validate the data, split it by lesion, write splits.csv; return its path.
 
+    The previous split's files are removed first, so a split that fails leaves none for
+    ``cache`` or ``train`` to use. Classes missing from the data or from a split are
+    announced with a :class:`DataWarning` each.
+    """
+    from ham_utils.data import DROPPED_CSV_NAME, read_ham10000
+
+    dropped_csv = params.processed_dir / DROPPED_CSV_NAME
+    _remove_previous_split(params, dropped_csv)
     data_dir = ensure_demo_data(params, progress)
     metadata_csv = Path(params.metadata_csv) if params.metadata_csv else None
     dataset = read_ham10000(
         data_dir, metadata_csv, verify_images=params.verify_images, progress=progress
     )
     params.processed_dir.mkdir(parents=True, exist_ok=True)
-    dropped_csv = params.processed_dir / "dropped_rows.csv"
     dataset.write_dropped(dropped_csv)
 
     splits = lesion_split(
@@ -59,6 +76,7 @@ def prepare_splits(params: Params, progress: bool = True) -> Path:
         test_fraction=params.test_fraction,
         seed=params.seed,
         one_image_per_lesion_eval=params.one_image_per_lesion_eval,
+        source=str(dataset.source),
     )
     leaks = leaked_lesions(splits)
     if (
@@ -66,7 +84,7 @@ def prepare_splits(params: Params, progress: bool = True) -> Path:
     ):  # cannot happen with grouped folds; checked because everything downstream relies on it
         raise AssertionError(f"lesions in more than one split: {leaks[:10]}")
     write_splits(
-        splits,
+        relative_paths(splits, data_dir),
         params.splits_csv,
         info={
             "data_dir": str(data_dir),
@@ -80,12 +98,26 @@ def prepare_splits(params: Params, progress: bool = True) -> Path:
             "dropped_rows_csv": str(dropped_csv),
         },
     )
+    for problem in coverage_problems(splits):
+        warnings.warn(f"{params.splits_csv}: {problem}", DataWarning, stacklevel=2)
     return params.splits_csv
+
+
+def _remove_previous_split(params: Params, dropped_csv: Path) -> None:
+    for path in (params.splits_csv, split_info_path(params.splits_csv), dropped_csv):
+        if path.is_file():
+            log.info("removing the previous %s before splitting again", path)
+            path.unlink()
+
+
+def require_every_class_in_train(params: Params) -> None:
+    """Refuse to train (:class:`DataError`) when a class has no training images."""
+    require_training_images(load_splits(params), params.splits_csv)
 
 
 def load_splits(params: Params) -> pd.DataFrame:
     """The split table written by :func:`prepare_splits`."""
-    return read_splits(params.splits_csv)
+    return read_splits(params.splits_csv, params.resolved_data_dir)
 
 
 def cached_split(params: Params, split: str, progress: bool = True) -> CachedSplit:

@@ -76,8 +76,11 @@ def collect_figures(run_dir: Path | None) -> list[Path]:
     copied = []
     if run_dir is None:
         return copied
-    for folder in ("evaluation/figures", "evaluation/gradcam"):
-        for png in sorted((run_dir / folder).glob("*.png")):
+    from ham_utils.runs import evaluation_at
+
+    evaluation = evaluation_at(run_dir, "best")
+    for folder in (evaluation.figures_dir(), evaluation.gradcam_dir):
+        for png in sorted(folder.glob("*.png")):
             FIGURES_DIR.mkdir(parents=True, exist_ok=True)
             copied.append(Path(shutil.copy2(png, FIGURES_DIR / png.name)))
     return copied
@@ -91,7 +94,7 @@ def _quiet_papermill() -> None:
 
 def run_report(params: Params, params_file: Path | None, overrides: dict[str, Any]) -> Path:
     """Execute every numbered notebook with these parameters; return the report folder."""
-    from ham_utils.train import run_id
+    from ham_utils.runs import run_id
 
     _quiet_papermill()
     report_dir = REPORTS_ROOT / run_id(params)

@@ -1,26 +1,191 @@
-"""Finding training runs and reading what they hold.
+"""The run folder: its id, its files, its state and the layout of its evaluations.
 
-A run folder (``runs/<run_id>/``, written by :mod:`ham_utils.train`) has the resolved
-``params.yaml``, ``classes.json``, the ``splits.csv`` it trained on and the models. Everything
-downstream (evaluation, Grad-CAM, the app, ``predict``) reads runs through this module.
+Everything that reads or writes a run goes through this module, so each file name is
+spelled once::
+
+    runs/<run_id>/
+        params.yaml  classes.json  splits.csv  splits.json  environment.json
+        state.json  history.csv  timing.json  training_curves.png
+        best.keras  last.keras  checkpoints/          (checkpoints: while training)
+        evaluation/<model>/                           (model: best or last)
+            metrics.json  predictions.csv  calibration.json  figures/  gradcam/
+            external/  metrics.json  predictions.csv  figures/  dropped_rows.csv
+
+``splits.csv`` holds image paths relative to the data folder, so a run trained on one
+machine is evaluated on another by pointing ``data_dir`` at the same images there.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
-from ham_utils.config import CLASSES, RUNS_ROOT, Params, load_params
+from ham_utils.config import MACHINE_PATHS, MODELS, RUNS_ROOT, Params, load_params
 from ham_utils.errors import DataError
 
-MODEL_FILES = {"best": "best.keras", "last": "last.keras"}
+PARAMS_FILE = "params.yaml"
+CLASSES_FILE = "classes.json"
+SPLITS_FILE = "splits.csv"
+SPLIT_INFO_FILE = "splits.json"
+ENVIRONMENT_FILE = "environment.json"
+STATE_FILE = "state.json"
+HISTORY_FILE = "history.csv"
+TIMING_FILE = "timing.json"
+CURVES_FILE = "training_curves.png"
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_FILES: dict[str, str] = {which: f"{which}.keras" for which in MODELS}
+
 EVALUATION_DIR = "evaluation"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+CALIBRATION_FILE = "calibration.json"
+FIGURES_DIR = "figures"
+GRADCAM_DIR = "gradcam"
+DROPPED_ROWS_FILE = "dropped_rows.csv"
+EXTERNAL_SET = "external"
+
+# Settings that do not change what is trained: the same run folder serves them all.
+NOT_IN_RUN_ID = (
+    "run_name",
+    "workers",
+    "loader",
+    "track",
+    "tta",
+    "temperature_scaling",
+    "external_dir",
+)
+
+# What may change after training: how to evaluate, and where the data lies on this machine.
+EVALUATION_SETTINGS = ("tta", "temperature_scaling", "external_dir", "batch_size", *MACHINE_PATHS)
+
+
+def run_id(params: Params) -> str:
+    """``<run name>-<hash of the parameters>``: the same parameters give the same folder."""
+    name = params.run_name or Path(params.extra.get("source") or "run").stem
+    settings = {k: v for k, v in params.as_dict().items() if k not in NOT_IN_RUN_ID}
+    # Only the last part of a machine's path: the same recipe on the same data finds its run
+    # after a move (train checks that the split is the same).
+    for key in MACHINE_PATHS:
+        settings[key] = Path(settings[key]).name if settings[key] else ""
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{name}-{digest}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` by a rename, so that a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+@dataclass
+class RunState:
+    """What a resumed run needs to continue exactly where it stopped."""
+
+    epochs_done: int = 0  # over both phases
+    best_score: float = -np.inf
+    best_epoch: int = -1
+    wait: int = 0  # epochs without improvement (phase 2 early stopping)
+    stopped_early: bool = False
+    finished: bool = False
+    checkpoint: str = ""  # file name of the last epoch's full model, in checkpoints/
+    mlflow_run_id: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+    images: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunState:
+        path = run_dir / STATE_FILE
+        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+
+    def save(self, run_dir: Path) -> None:
+        write_atomic(run_dir / STATE_FILE, json.dumps(dataclasses.asdict(self), indent=2))
+
+
+def _check_model(which: str) -> str:
+    if which not in MODELS:
+        raise ValueError(f"which must be one of {MODELS}, got {which!r}")
+    return which
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The evaluation of one model of a run: ``evaluation/<model>/``."""
+
+    root: Path
+    model: str
+
+    def set_dir(self, set_name: str = "test") -> Path:
+        """The folder of one evaluated set: the test split at the root, others below it."""
+        return self.root if set_name == "test" else self.root / set_name
+
+    def metrics_file(self, set_name: str = "test") -> Path:
+        return self.set_dir(set_name) / METRICS_FILE
+
+    def predictions_file(self, set_name: str = "test") -> Path:
+        return self.set_dir(set_name) / PREDICTIONS_FILE
+
+    def figures_dir(self, set_name: str = "test") -> Path:
+        return self.set_dir(set_name) / FIGURES_DIR
+
+    @property
+    def gradcam_dir(self) -> Path:
+        return self.root / GRADCAM_DIR
+
+    @property
+    def calibration_file(self) -> Path:
+        return self.root / CALIBRATION_FILE
+
+    def metrics(self, set_name: str = "test") -> dict[str, Any] | None:
+        """The metrics of one set, or None when it has not been evaluated."""
+        path = self.metrics_file(set_name)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def write_calibration(self, temperatures: dict[int, float], n_images: int) -> None:
+        """Store the temperature fitted on the validation split for each TTA view count."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        record = {
+            "model": self.model,
+            "fitted_on": "val",
+            "n_images": n_images,
+            "temperature_by_views": {str(v): t for v, t in sorted(temperatures.items())},
+        }
+        write_atomic(self.calibration_file, json.dumps(record, indent=2) + "\n")
+
+    def temperature(self, views: int) -> float | None:
+        """The temperature for outputs averaged over ``views`` TTA views, or None when this
+        model has no calibration. A temperature fitted for other outputs is refused."""
+        path = self.calibration_file
+        if not path.is_file():
+            return None
+        record = json.loads(path.read_text())
+        if record.get("model") != self.model:
+            raise DataError(
+                f"{path} was fitted for the {record.get('model')!r} model, not {self.model!r}; "
+                f"run `python -m ham_utils evaluate --which {self.model}` again"
+            )
+        fitted = record.get("temperature_by_views", {})
+        if str(views) not in fitted:
+            raise DataError(
+                f"{path} holds temperatures for {sorted(int(v) for v in fitted)}-view outputs, "
+                f"not the {views}-view outputs used here; run `python -m ham_utils evaluate "
+                f"--which {self.model}` again"
+            )
+        return float(fitted[str(views)])
+
+
+def evaluation_at(run_dir: Path, which: str = "best") -> Evaluation:
+    """The evaluation folder of one model of the run in ``run_dir``."""
+    return Evaluation(run_dir / EVALUATION_DIR / _check_model(which), which)
 
 
 @dataclass(frozen=True)
@@ -38,19 +203,22 @@ class Run:
     @property
     def synthetic(self) -> bool:
         """Trained on the synthetic demo dataset (its results mean nothing medically)."""
-        info = self.path / "splits.json"
+        info = self.path / SPLIT_INFO_FILE
         if info.is_file():
             return bool(json.loads(info.read_text()).get("synthetic", False))
         return self.params.uses_demo_data
 
-    @property
-    def evaluation_dir(self) -> Path:
-        return self.path / EVALUATION_DIR
+    def with_settings(self, **values: Any) -> Run:
+        """This run with evaluation-time settings changed, e.g. ``data_dir`` on a new machine."""
+        return dataclasses.replace(
+            self, params=dataclasses.replace(self.params, **values).validate()
+        )
+
+    def evaluation(self, which: str = "best") -> Evaluation:
+        return evaluation_at(self.path, which)
 
     def model_path(self, which: str = "best") -> Path:
-        if which not in MODEL_FILES:
-            raise ValueError(f"which must be one of {sorted(MODEL_FILES)}, got {which!r}")
-        return self.path / MODEL_FILES[which]
+        return self.path / MODEL_FILES[_check_model(which)]
 
     def load_model(self, which: str = "best") -> Any:
         from ham_utils.models import load_model
@@ -58,17 +226,20 @@ class Run:
         return load_model(self.model_path(which))
 
     def splits(self) -> pd.DataFrame:
+        """The run's split, image paths resolved against the ``data_dir`` of its parameters."""
         from ham_utils.split import read_splits
 
-        return read_splits(self.path / "splits.csv")
+        return read_splits(self.path / SPLITS_FILE, self.params.resolved_data_dir)
 
     def history(self) -> pd.DataFrame:
-        return pd.read_csv(self.path / "history.csv")
+        return pd.read_csv(self.path / HISTORY_FILE)
+
+    def state(self) -> RunState:
+        return RunState.load(self.path)
 
 
 def is_finished(path: Path) -> bool:
-    state = path / "state.json"
-    return state.is_file() and bool(json.loads(state.read_text()).get("finished"))
+    return RunState.load(path).finished if (path / STATE_FILE).is_file() else False
 
 
 def list_runs(runs_root: Path | None = None) -> list[Path]:
@@ -77,7 +248,7 @@ def list_runs(runs_root: Path | None = None) -> list[Path]:
     if not root.is_dir():
         return []
     runs = [p for p in root.iterdir() if p.is_dir() and is_finished(p)]
-    return sorted(runs, key=lambda p: (p / "state.json").stat().st_mtime, reverse=True)
+    return sorted(runs, key=lambda p: (p / STATE_FILE).stat().st_mtime, reverse=True)
 
 
 def latest_run(runs_root: Path | None = None) -> Path | None:
@@ -96,15 +267,18 @@ def open_run(path: str | os.PathLike[str] | None = None) -> Run:
             )
         path = found
     run_dir = Path(path).expanduser().resolve()
-    if not (run_dir / "params.yaml").is_file():
-        raise DataError(f"{run_dir} is not a run folder (no params.yaml); see {RUNS_ROOT}")
+    if not (run_dir / PARAMS_FILE).is_file():
+        raise DataError(f"{run_dir} is not a run folder (no {PARAMS_FILE}); see {RUNS_ROOT}")
     if not is_finished(run_dir):
         raise DataError(
             f"run {run_dir} has not finished training; start the same train command again "
             "to resume it"
         )
-    values = yaml.safe_load((run_dir / "params.yaml").read_text())
-    params = load_params(None, values)
-    classes_file = run_dir / "classes.json"
-    classes = tuple(json.loads(classes_file.read_text())) if classes_file.is_file() else CLASSES
-    return Run(run_dir, params, classes)
+    classes_file = run_dir / CLASSES_FILE
+    if not classes_file.is_file():
+        raise DataError(
+            f"{classes_file} is missing: without it the model's outputs cannot be named; "
+            "copy the whole run folder again"
+        )
+    params = load_params(None, yaml.safe_load((run_dir / PARAMS_FILE).read_text()))
+    return Run(run_dir, params, tuple(json.loads(classes_file.read_text())))

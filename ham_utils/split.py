@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ham_utils.config import CLASSES
+from ham_utils.config import CLASS_NAMES, CLASSES
+from ham_utils.errors import DataError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Extra images of val/test lesions when only one image per lesion is evaluated. They stay
@@ -26,6 +29,9 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 EXTRA_SUFFIX = "_extra"
 MAX_FOLDS = 100
 FOLD_ORDER_CANDIDATES = 200
+FRACTIONS = "val_fraction and test_fraction"
+# The fractions suggested when the data is too small for the folds of the ones given.
+FEWER_FOLDS_FRACTIONS = (0.2, 0.2)
 
 
 def fold_count(val_fraction: float, test_fraction: float) -> int:
@@ -52,6 +58,7 @@ def lesion_split(
     test_fraction: float = 0.15,
     seed: int = 42,
     one_image_per_lesion_eval: bool = True,
+    source: str = "the metadata",
 ) -> pd.DataFrame:
     """Return ``metadata`` with a ``split`` column: train, val, test (and ``*_extra``).
 
@@ -60,22 +67,36 @@ def lesion_split(
     ``n * val_fraction`` the validation split. With ``one_image_per_lesion_eval`` a seeded
     random image of each val/test lesion is kept and the others are marked
     ``val_extra``/``test_extra``, so that every evaluated lesion counts once.
+
+    Data too small for the folds (fewer lesions than folds, or a split left empty) is a
+    :class:`DataError` that names ``source``, the lesions per class and what to change.
     """
     for column in ("lesion_id", "dx"):
         if column not in metadata.columns:
             raise ValueError(f"metadata has no {column!r} column; cannot split without it")
     n_folds = fold_count(val_fraction, test_fraction)
     n_test, n_val = round(test_fraction * n_folds), round(val_fraction * n_folds)
+    too_small = _TooSmall(metadata, n_folds, val_fraction, test_fraction, source)
+    if not _enough_for(metadata, n_folds):
+        raise too_small.error(
+            f"{n_folds} folds need at least {n_folds} lesions and a class with at least "
+            f"{n_folds} images"
+        )
 
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold = np.empty(len(metadata), dtype=int)
     with warnings.catch_warnings():
         # Classes with fewer lesions than folds are expected (df, vasc on small data).
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        for i, (_, fold_index) in enumerate(
-            splitter.split(np.zeros(len(metadata)), metadata["dx"], groups=metadata["lesion_id"])
-        ):
-            fold[fold_index] = i
+        try:
+            for i, (_, fold_index) in enumerate(
+                splitter.split(
+                    np.zeros(len(metadata)), metadata["dx"], groups=metadata["lesion_id"]
+                )
+            ):
+                fold[fold_index] = i
+        except ValueError as e:  # scikit-learn's own size checks, should ours miss one
+            raise too_small.error(str(e)) from e
     order = _best_fold_order(fold, metadata["dx"].to_numpy(), n_folds, n_val, n_test, seed)
     role = np.array(["train"] * n_folds, dtype=object)
     role[order[:n_test]] = "test"
@@ -83,9 +104,58 @@ def lesion_split(
 
     out = metadata.copy()
     out["split"] = role[fold]
+    empty = [s for s in SPLITS if not (out["split"] == s).any()]
+    if empty:
+        raise too_small.error(f"the {' and '.join(empty)} split(s) got no lesion")
     if one_image_per_lesion_eval:
         out = _mark_extra_images(out, seed)
     return out
+
+
+def _enough_for(metadata: pd.DataFrame, n_folds: int) -> bool:
+    """Whether ``n_folds`` lesion-grouped folds can all be filled: at least one lesion per
+    fold, and (scikit-learn's condition) a class with at least ``n_folds`` images."""
+    return (
+        metadata["lesion_id"].nunique() >= n_folds  # also rules out empty metadata
+        and int(metadata["dx"].value_counts().max()) >= n_folds
+    )
+
+
+@dataclass
+class _TooSmall:
+    """The error for data too small to split: what it has, what the fractions need, the fix."""
+
+    metadata: pd.DataFrame
+    n_folds: int
+    val_fraction: float
+    test_fraction: float
+    source: str
+
+    def error(self, detail: str) -> DataError:
+        m = self.metadata
+        per_class = m.groupby("dx")["lesion_id"].agg(["nunique", "size"])
+        per_class = per_class.reindex(list(CLASSES), fill_value=0)
+        listed = ", ".join(f"{dx} {r['nunique']} ({r['size']})" for dx, r in per_class.iterrows())
+        val, test = FEWER_FOLDS_FRACTIONS
+        fewer = fold_count(val, test)
+        if self.n_folds > fewer and _enough_for(m, fewer):
+            fix = (
+                f"use larger fractions that need fewer folds, e.g. --set val_fraction={val} "
+                f"--set test_fraction={test} ({fewer} folds), or add images"
+            )
+        else:
+            fix = (
+                f"add images: at least {self.n_folds} lesions, and several of every class so "
+                "that each class reaches train, validation and test (HAM10000 has 7,470 "
+                "lesions)"
+            )
+        return DataError(
+            f"{self.source} is too small to split: {len(m)} images of "
+            f"{m['lesion_id'].nunique()} lesions, and {detail}. Lesions (images) per class: "
+            f"{listed}. val_fraction={self.val_fraction} and test_fraction="
+            f"{self.test_fraction} cut the data into {self.n_folds} lesion-grouped folds; "
+            f"{fix}"
+        )
 
 
 def _best_fold_order(
@@ -140,20 +210,80 @@ def class_table(df: pd.DataFrame, include_extra: bool = False) -> pd.DataFrame:
     return table
 
 
-def max_share_deviation(df: pd.DataFrame) -> float:
-    """Largest gap (percentage points) between a class's share in a split and overall,
-    over train/val/test with extra images counted in their split."""
-    table = class_table(df, include_extra=True).drop(index="total")
+def max_share_deviation(df: pd.DataFrame, include_extra: bool = False) -> float:
+    """Largest gap (percentage points) between a class's share in a split and overall, over
+    the same rows as :func:`class_table` with the same ``include_extra``: by default the
+    images that are trained and evaluated on, without the ``*_extra`` ones."""
+    table = class_table(df, include_extra=include_extra).drop(index="total")
     overall = table["all %"]
     return float(max((table[f"{s} %"] - overall).abs().max() for s in SPLITS))
 
 
+def coverage_problems(df: pd.DataFrame) -> list[str]:
+    """One sentence per class that has no images in the data, or none in train, val or
+    test (``*_extra`` images not counted), saying what follows and what to change."""
+    table = class_table(df)
+    base = df.assign(split=df["split"].str.removesuffix(EXTRA_SUFFIX))
+    lesions = base.groupby(["dx", "split"])["lesion_id"].nunique().unstack()
+    lesions = lesions.reindex(index=list(CLASSES), columns=list(SPLITS)).fillna(0).astype(int)
+    problems = []
+    for dx in CLASSES:
+        name = f"class {dx} ({CLASS_NAMES[dx]})"
+        if table.loc[dx, "all"] == 0:
+            problems.append(
+                f"{name} has no images in the data: the model cannot learn it, its metrics are "
+                "undefined and training refuses to start; add images of this class"
+            )
+            continue
+        missing = [s for s in SPLITS if table.loc[dx, s] == 0]
+        if not missing:
+            continue
+        counts = ", ".join(f"{s} {lesions.loc[dx, s]}" for s in SPLITS)
+        if "train" in missing:
+            follows = "training refuses to start without training images of every class"
+            fix = f"add lesions of this class, or re-split with smaller {FRACTIONS}"
+        else:
+            follows = (
+                "its recall and AUC there are undefined and balanced accuracy averages over "
+                "fewer classes"
+            )
+            fix = f"add lesions of this class, or re-split with larger {FRACTIONS}"
+        problems.append(
+            f"{name} has no images in {' and '.join(missing)} (lesions per split: {counts}): "
+            f"{follows}; {fix}"
+        )
+    return problems
+
+
+def require_training_images(df: pd.DataFrame, source: Path | str) -> None:
+    """Refuse (:class:`DataError`) a split where a class has no training images: the model
+    has an output for every class and could never learn that one."""
+    train = df.loc[df["split"] == "train", "dx"]
+    missing = [dx for dx in CLASSES if not (train == dx).any()]
+    if missing:
+        other = df.loc[df["dx"].isin(missing), "dx"].value_counts()
+        listed = ", ".join(
+            f"{dx} ({CLASS_NAMES[dx]}; {int(other.get(dx, 0))} images in val/test)"
+            for dx in missing
+        )
+        raise DataError(
+            f"{source}: no training images of class(es) {listed}; the model cannot learn a "
+            "class it never sees. Add images of these classes to the data and re-run "
+            "`python -m ham_utils split` (a class with only a few lesions may also need "
+            "smaller val_fraction and test_fraction)"
+        )
+
+
+def split_info_path(path: Path) -> Path:
+    """The ``splits.json`` beside a ``splits.csv``."""
+    return Path(path).with_suffix(".json")
+
+
 def write_splits(df: pd.DataFrame, path: Path, info: dict[str, Any]) -> None:
-    """Write ``splits.csv`` and, beside it, ``splits.json`` with the settings and counts."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    """Write ``splits.csv`` and, beside it, ``splits.json`` with the settings and counts.
+
+    Both are written to temporary files first, so a failure leaves neither half-written.
+    """
     counts = df["split"].value_counts().reindex([*SPLITS, *(s + EXTRA_SUFFIX for s in SPLITS[1:])])
     summary = {
         **info,
@@ -162,18 +292,59 @@ def write_splits(df: pd.DataFrame, path: Path, info: dict[str, Any]) -> None:
         "images_per_split": {k: int(v) for k, v in counts.fillna(0).items()},
         "max_class_share_deviation_pp": round(max_share_deviation(df), 3),
     }
-    path.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    json_path = split_info_path(path)
+    tmp_csv, tmp_json = path.with_suffix(".csv.tmp"), json_path.with_suffix(".json.tmp")
+    try:
+        df.to_csv(tmp_csv, index=False)
+        tmp_json.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        tmp_json.replace(json_path)
+        tmp_csv.replace(path)
+    finally:
+        tmp_csv.unlink(missing_ok=True)
+        tmp_json.unlink(missing_ok=True)
 
 
-def read_splits(path: Path) -> pd.DataFrame:
-    """Read a ``splits.csv``; a missing file is an error that says which command writes it."""
+def read_splits(path: Path, data_dir: Path | None = None) -> pd.DataFrame:
+    """Read a ``splits.csv``; a missing file is an error that says which command writes it.
+
+    Image paths are stored relative to the data folder; with ``data_dir`` they come back
+    resolved against it (paths of older files, stored absolute, stay as they are)."""
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found; write it with `python -m ham_utils split` (or `make split`)"
         )
-    return pd.read_csv(path, dtype={"lesion_id": str, "image_id": str})
+    splits = pd.read_csv(path, dtype={"lesion_id": str, "image_id": str, "path": str})
+    if data_dir is not None:
+        splits["path"] = [str(data_dir / p) for p in splits["path"]]
+    return splits
+
+
+def relative_paths(splits: pd.DataFrame, data_dir: Path) -> pd.DataFrame:
+    """``splits`` with its image paths relative to ``data_dir``, as ``splits.csv`` stores them
+    (images outside the data folder, e.g. under a separate ``metadata_csv``, stay absolute)."""
+    out = splits.copy()
+    out["path"] = [
+        os.path.relpath(p, data_dir) if Path(p).is_relative_to(data_dir) else p
+        for p in splits["path"]
+    ]
+    return out
+
+
+def check_images_found(splits: pd.DataFrame, data_dir: Path, where: Path) -> None:
+    """Raise a :class:`DataError` naming the folder to point at when images of ``splits``
+    (paths already resolved) are not where ``data_dir`` says."""
+    from ham_utils.errors import DataError
+
+    missing = [p for p in splits["path"] if not Path(p).is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of {len(splits)} images listed in {where} are not under {data_dir} "
+            f"(first: {missing[0]}); point data_dir at the folder holding them, e.g. "
+            "`--set data_dir=/path/to/HAM10000` or `DATA_DIR=...`"
+        )
 
 
 def read_split_info(path: Path) -> dict[str, Any]:
     """The ``splits.json`` written beside a ``splits.csv``."""
-    return json.loads(path.with_suffix(".json").read_text())
+    return json.loads(split_info_path(path).read_text())

@@ -7,7 +7,6 @@ Metadata go to ``mlflow.db`` (SQLite, MLflow's default backend since 3.7) and ar
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -15,18 +14,19 @@ from typing import Any
 
 import keras
 
+from ham_utils import runs
 from ham_utils.config import PROJECT_ROOT, Params
 
 log = logging.getLogger("ham_utils")
 
 EXPERIMENT = "ham10000"
 ARTIFACTS = (
-    "params.yaml",
-    "history.csv",
-    "training_curves.png",
-    "timing.json",
-    "environment.json",
-    "splits.json",
+    runs.PARAMS_FILE,
+    runs.HISTORY_FILE,
+    runs.CURVES_FILE,
+    runs.TIMING_FILE,
+    runs.ENVIRONMENT_FILE,
+    runs.SPLIT_INFO_FILE,
 )
 EVALUATION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc", "ece")
 
@@ -96,14 +96,19 @@ class Tracker:
         for name in ARTIFACTS:
             if (run_dir / name).is_file():
                 self.mlflow.log_artifact(str(run_dir / name))
-        if (run_dir / "best.keras").is_file():
-            self.mlflow.log_artifact(str(run_dir / "best.keras"), artifact_path="model")
+        best = run_dir / runs.MODEL_FILES["best"]
+        if best.is_file():
+            self.mlflow.log_artifact(str(best), artifact_path="model")
 
 
-def log_evaluation(run_dir: Path, set_name: str, metrics: dict[str, Any], out_dir: Path) -> None:
-    """Add an evaluation's headline metrics and files to the run's MLflow run, if it has one."""
-    state_file = run_dir / "state.json"
-    run_id = json.loads(state_file.read_text()).get("mlflow_run_id") if state_file.is_file() else ""
+def log_evaluation(
+    run_dir: Path, which: str, set_name: str, metrics: dict[str, Any], out_dir: Path
+) -> None:
+    """Add an evaluation's headline metrics (``<model>_<set>_<metric>``) and files to the run's
+    MLflow run, if it has one."""
+    from ham_utils.runs import RunState
+
+    run_id = RunState.load(run_dir).mlflow_run_id
     if not run_id:
         return
     import mlflow
@@ -111,7 +116,9 @@ def log_evaluation(run_dir: Path, set_name: str, metrics: dict[str, Any], out_di
     mlflow.set_tracking_uri(tracking_uri())
     with mlflow.start_run(run_id=run_id):
         values = {
-            f"{set_name}_{k}": metrics[k] for k in EVALUATION_METRICS if metrics[k] is not None
+            f"{which}_{set_name}_{k}": metrics[k]
+            for k in EVALUATION_METRICS
+            if metrics[k] is not None
         }
         mlflow.log_metrics(values)
-        mlflow.log_artifacts(str(out_dir), artifact_path=f"evaluation/{set_name}")
+        mlflow.log_artifacts(str(out_dir), artifact_path=f"evaluation/{which}/{set_name}")

@@ -15,14 +15,11 @@ nor other callbacks' state, hence :class:`RunCheckpoint`.)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import json
 import logging
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,60 +29,25 @@ import pandas as pd
 import yaml
 
 from ham_utils.config import CLASSES, RUNS_ROOT, Params
+from ham_utils.runs import (
+    CHECKPOINTS_DIR,
+    CLASSES_FILE,
+    CURVES_FILE,
+    ENVIRONMENT_FILE,
+    HISTORY_FILE,
+    MODEL_FILES,
+    PARAMS_FILE,
+    SPLIT_INFO_FILE,
+    SPLITS_FILE,
+    TIMING_FILE,
+    RunState,
+    run_id,
+    write_atomic,
+)
 
 log = logging.getLogger("ham_utils")
 
-STATE_FILE = "state.json"
-HISTORY_FILE = "history.csv"
 SCRATCH_BN_MOMENTUM = 0.9
-# Settings that do not change what is trained: the same run folder serves them all.
-NOT_IN_RUN_ID = (
-    "run_name",
-    "workers",
-    "loader",
-    "track",
-    "tta",
-    "temperature_scaling",
-    "external_dir",
-)
-
-
-@dataclass
-class RunState:
-    """What a resumed run needs to continue exactly where it stopped."""
-
-    epochs_done: int = 0  # over both phases
-    best_score: float = -np.inf
-    best_epoch: int = -1
-    wait: int = 0  # epochs without improvement (phase 2 early stopping)
-    stopped_early: bool = False
-    finished: bool = False
-    checkpoint: str = ""  # file name of the last epoch's full model, in checkpoints/
-    mlflow_run_id: str = ""
-    seconds: dict[str, float] = field(default_factory=dict)
-    images: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, run_dir: Path) -> RunState:
-        path = run_dir / STATE_FILE
-        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
-
-    def save(self, run_dir: Path) -> None:
-        _write_atomic(run_dir / STATE_FILE, json.dumps(dataclasses.asdict(self), indent=2))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def run_id(params: Params) -> str:
-    """``<run name>-<hash of the parameters>``: the same parameters give the same folder."""
-    name = params.run_name or Path(params.extra.get("source") or "run").stem
-    settings = {k: v for k, v in params.as_dict().items() if k not in NOT_IN_RUN_ID}
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{name}-{digest}"
 
 
 def phase_of(epoch: int, params: Params) -> int:
@@ -132,14 +94,14 @@ class RunCheckpoint(keras.callbacks.Callback):
             )
         if score > state.best_score:
             state.best_score, state.best_epoch, state.wait = float(score), epoch, 0
-            self._save_model(self.run_dir / "best.keras")
+            self._save_model(self.run_dir / MODEL_FILES["best"])
         elif phase == 2:
             state.wait += 1
             if state.wait >= self.recipe.patience:
                 state.stopped_early = True
                 self.model.stop_training = True
 
-        checkpoints = self.run_dir / "checkpoints"
+        checkpoints = self.run_dir / CHECKPOINTS_DIR
         checkpoints.mkdir(exist_ok=True)
         name = f"epoch-{epoch + 1:03d}.keras"
         self._save_model(checkpoints / name)
@@ -156,7 +118,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         history = pd.read_csv(path) if path.is_file() else pd.DataFrame()
         history = history[history["epoch"] < row["epoch"]] if len(history) else history
         history = pd.concat([history, pd.DataFrame([row])], ignore_index=True)
-        _write_atomic(path, history.to_csv(index=False))
+        write_atomic(path, history.to_csv(index=False))
 
     def _save_model(self, path: Path) -> None:
         tmp = path.with_name(path.stem + ".tmp.keras")
@@ -360,10 +322,11 @@ def _streams(params: Params, train_split: Any, val_split: Any, counts: np.ndarra
 
 def training_splits(params: Params, progress: bool = True) -> tuple[Any, Any, np.ndarray]:
     """The cached train and val splits (split first if needed) and the train class counts."""
-    from ham_utils.prepare import cached_split, prepare_splits
+    from ham_utils.prepare import cached_split, prepare_splits, require_every_class_in_train
 
     if not params.splits_csv.is_file():
         prepare_splits(params, progress=progress)
+    require_every_class_in_train(params)
     train_split = cached_split(params, "train", progress=progress)
     val_split = cached_split(params, "val", progress=progress)
     return train_split, val_split, np.bincount(train_split.labels, minlength=len(CLASSES))
@@ -386,12 +349,12 @@ def training_input_of(stream: Any, loader: str) -> tuple[Any, list[keras.callbac
 def _write_run_files(
     run_dir: Path, params: Params, weights: np.ndarray | None, policy: str
 ) -> None:
-    (run_dir / "params.yaml").write_text(yaml.safe_dump(params.as_dict(), sort_keys=False))
-    (run_dir / "classes.json").write_text(json.dumps(list(CLASSES)) + "\n")
-    shutil.copyfile(params.splits_csv, run_dir / "splits.csv")
+    (run_dir / PARAMS_FILE).write_text(yaml.safe_dump(params.as_dict(), sort_keys=False))
+    (run_dir / CLASSES_FILE).write_text(json.dumps(list(CLASSES)) + "\n")
+    shutil.copyfile(params.splits_csv, run_dir / SPLITS_FILE)
     split_info = params.splits_csv.with_suffix(".json")
     if split_info.is_file():
-        shutil.copyfile(split_info, run_dir / "splits.json")
+        shutil.copyfile(split_info, run_dir / SPLIT_INFO_FILE)
     environment = {
         "keras": keras.__version__,
         "backend": keras.backend.backend(),
@@ -399,12 +362,13 @@ def _write_run_files(
         "precision_policy": policy,
         "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
     }
-    (run_dir / "environment.json").write_text(json.dumps(environment, indent=2) + "\n")
+    (run_dir / ENVIRONMENT_FILE).write_text(json.dumps(environment, indent=2) + "\n")
 
 
 def train(params: Params, runs_root: Path = RUNS_ROOT, progress: bool = True) -> Path:
     """Train (or resume, or find finished) the run of these parameters; return its folder."""
     run_dir = runs_root / run_id(params)
+    _check_same_split(run_dir, params)
     state = RunState.load(run_dir)
     if state.finished:
         log.info("run %s is already complete", run_dir)
@@ -412,6 +376,26 @@ def train(params: Params, runs_root: Path = RUNS_ROOT, progress: bool = True) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(run_dir):
         return _train(params, run_dir, RunState.load(run_dir), progress)
+
+
+def _check_same_split(run_dir: Path, params: Params) -> None:
+    """The run id keeps only the data folder's name (runs move between machines), so a run
+    folder found again must have been trained on the split these parameters make now."""
+    from ham_utils.errors import DataError
+    from ham_utils.split import read_splits
+
+    stored = run_dir / SPLITS_FILE
+    if not (stored.is_file() and params.splits_csv.is_file()):
+        return
+    columns = ["image_id", "dx", "split"]
+    ours = read_splits(stored)[columns].sort_values("image_id", ignore_index=True)
+    now = read_splits(params.splits_csv)[columns].sort_values("image_id", ignore_index=True)
+    if not ours.equals(now):
+        raise DataError(
+            f"{run_dir} was trained on another split than {params.splits_csv} (different images "
+            "or assignments under a data folder of the same name); set run_name to train a "
+            "new run, or point data_dir at the data this run was trained on"
+        )
 
 
 @contextlib.contextmanager
@@ -443,7 +427,7 @@ def _train(params: Params, run_dir: Path, state: RunState, progress: bool) -> Pa
 
     train_split, val_split, counts = training_splits(params, progress)
     train_stream, val_stream, weights = _streams(params, train_split, val_split, counts)
-    if not (run_dir / "params.yaml").is_file():
+    if not (run_dir / PARAMS_FILE).is_file():
         _write_run_files(run_dir, params, weights, policy)
     steps = len(train_stream)
     images_per_epoch = steps * params.batch_size
@@ -462,12 +446,12 @@ def _train(params: Params, run_dir: Path, state: RunState, progress: bool) -> Pa
                 continue
             with strategy.scope() if strategy else contextlib.nullcontext():
                 if state.epochs_done > first:  # resume inside this phase: optimizer state too
-                    model = load_model(run_dir / "checkpoints" / state.checkpoint, compile=True)
+                    model = load_model(run_dir / CHECKPOINTS_DIR / state.checkpoint, compile=True)
                     log.info("resuming phase %d after epoch %d", phase, state.epochs_done)
                 else:
                     if model is None:
                         model = (
-                            load_model(run_dir / "checkpoints" / state.checkpoint)
+                            load_model(run_dir / CHECKPOINTS_DIR / state.checkpoint)
                             if state.checkpoint
                             else build_model(
                                 params.backbone,
@@ -510,9 +494,9 @@ def _keras_verbosity(progress: bool) -> int:
 
 def _finish(run_dir: Path, state: RunState) -> None:
     """Keep the last epoch's model as last.keras, write timing.json, mark the run finished."""
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = run_dir / CHECKPOINTS_DIR
     if state.checkpoint:
-        shutil.copyfile(checkpoints / state.checkpoint, run_dir / "last.keras")
+        shutil.copyfile(checkpoints / state.checkpoint, run_dir / MODEL_FILES["last"])
     timing = {
         phase: {
             "seconds": round(seconds, 1),
@@ -521,10 +505,10 @@ def _finish(run_dir: Path, state: RunState) -> None:
         }
         for phase, seconds in state.seconds.items()
     }
-    (run_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    (run_dir / TIMING_FILE).write_text(json.dumps(timing, indent=2) + "\n")
     from ham_utils.plots import plot_training_curves
 
-    plot_training_curves(pd.read_csv(run_dir / HISTORY_FILE), run_dir / "training_curves.png")
+    plot_training_curves(pd.read_csv(run_dir / HISTORY_FILE), run_dir / CURVES_FILE)
     state.finished = True
     state.save(run_dir)
     shutil.rmtree(checkpoints, ignore_errors=True)

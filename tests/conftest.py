@@ -89,7 +89,7 @@ def make_tiny_run(
     import yaml
 
     from ham_utils.config import CLASSES, load_params
-    from ham_utils.models import build_model
+    from ham_utils.models import all_layers, build_model
 
     overrides = {"image_size": image_size, "track": False, "weights": weights}
     if backbone:
@@ -105,7 +105,7 @@ def make_tiny_run(
         images = np.clip(colours + noise, 0, 255).astype("float32")
         norms = [
             layer
-            for layer in model._flatten_layers()
+            for layer in all_layers(model)
             if isinstance(layer, keras.layers.BatchNormalization)
         ]
         for layer in norms:

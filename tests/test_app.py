@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from ham_utils import config
 from ham_utils.config import CLASS_NAMES, CLASSES
+from ham_utils.runs import open_run
 
 APP = str(REPO / "app" / "streamlit_app.py")
 TIMEOUT = 120  # the first upload loads the model
@@ -165,9 +166,10 @@ def test_performance_page_shows_metrics_and_figures(tiny_run, tmp_path, monkeypa
     runs_root = tmp_path / "runs"
     run_dir = runs_root / tiny_run.name
     shutil.copytree(tiny_run, run_dir)
-    figures = run_dir / "evaluation" / "figures"
-    figures.mkdir(parents=True)
-    Image.new("RGB", (40, 30), "white").save(figures / "confusion_matrix.png")
+    evaluation = open_run(run_dir).evaluation("best")
+    evaluation.figures_dir().mkdir(parents=True)
+    Image.new("RGB", (40, 30), "white").save(evaluation.figures_dir() / "confusion_matrix.png")
+    Image.new("RGB", (40, 30), "white").save(run_dir / "training_curves.png")
     metrics = {
         "n_images": 123,
         "accuracy": 0.71,
@@ -178,8 +180,18 @@ def test_performance_page_shows_metrics_and_figures(tiny_run, tmp_path, monkeypa
         "ece": 0.13,
         "ece_after_temperature": 0.05,
         "temperature": 0.71,
+        "source": "the run's test split",
     }
-    (run_dir / "evaluation" / "metrics.json").write_text(json.dumps(metrics))
+    evaluation.metrics_file().write_text(json.dumps(metrics))
+    external = {**metrics, "n_images": 45, "source": "ISIC 2018 Task 3 ground truth gt.csv"}
+    evaluation.figures_dir("external").mkdir(parents=True)
+    evaluation.metrics_file("external").write_text(json.dumps(external))
+    state = json.loads((run_dir / "state.json").read_text())
+    (run_dir / "state.json").write_text(
+        json.dumps(
+            {**state, "stopped_early": True, "epochs_done": 2, "best_epoch": 0, "best_score": 0.5}
+        )
+    )
     at = start(runs_root, monkeypatch)
     at.sidebar.radio[0].set_value("Run performance").run()
     assert not at.exception
@@ -190,10 +202,24 @@ def test_performance_page_shows_metrics_and_figures(tiny_run, tmp_path, monkeypa
         "Macro ROC AUC": "n/a",
         "Accuracy": "0.710",
     }
-    assert any("123 images" in s.value for s in at.subheader)
+    assert [s.value for s in at.subheader] == ["Test split: 123 images", "External set: 45 images"]
     assert any("sensitivity 0.460" in m for m in texts(at.markdown))
     assert any("SYNTHETIC" in e for e in texts(at.error))
-    assert len(at.get("image")) == 1
+    captions = texts(at.caption)
+    assert any("ISIC 2018 Task 3 ground truth gt.csv" in c for c in captions), captions
+    summary = next(m for m in texts(at.markdown) if "planned" in m)
+    assert "stopped early after 2 of" in summary and "best model is epoch 1" in summary
+    # Training curves once (the run's), the test confusion matrix; nothing repeated for the
+    # external set, which has no figures here.
+    assert len(at.get("image")) == 2
+
+
+def test_the_model_is_loaded_before_anything_is_uploaded(app):
+    """The classify page warms the model on its first render and says when it is ready."""
+    labels = [s.label for s in app.get("status")]
+    assert labels == ["Model of run tiny ready (uncalibrated)"], labels
+    order = [child.type for child in app.main.children.values()]
+    assert order.index("status") < order.index("file_uploader"), order
 
 
 def test_performance_page_of_an_unevaluated_run_says_how_to_evaluate(app):
@@ -201,9 +227,11 @@ def test_performance_page_of_an_unevaluated_run_says_how_to_evaluate(app):
     assert any("python -m ham_utils evaluate" in i.value for i in app.info)
 
 
-def test_upload_limit_is_set_in_the_app_config():
+def test_upload_limit_is_50_mb_in_the_app_config_as_the_readme_says():
     settings = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
-    assert 10 <= settings["server"]["maxUploadSize"] <= 200  # megabytes
+    assert settings["server"]["maxUploadSize"] == 50  # megabytes: an 8000x6000 JPEG fits
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "Uploads are limited to 50 MB (`.streamlit/config.toml`)" in readme
     assert settings["browser"]["gatherUsageStats"] is False
 
 

@@ -1,6 +1,15 @@
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
-from conftest import run_cli
+import pytest
+from conftest import REPO, run_cli
+from test_split import NO_VASC, TWENTY_ROWS, write_dataset
+
+from ham_utils.split import SPLITS, class_table
 
 TINY_DEMO = ["--set", "demo_images=120", "--set", "demo_width=96", "--set", "demo_height=72"]
 
@@ -45,3 +54,63 @@ def test_a_missing_data_folder_is_one_clear_error_line(project_root, tmp_path):
 def test_an_unknown_parameter_is_refused(project_root):
     result = run_cli(project_root, "split", "--set", "imgae_size=64")
     assert result.returncode == 2 and "unknown parameter" in result.stderr
+
+
+def _warning_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("WARNING: ")]
+
+
+def test_split_warnings_are_one_line_each_and_a_failed_split_leaves_nothing_for_cache(
+    project_root, tmp_path
+):
+    data = write_dataset(tmp_path / "data", NO_VASC, images_per_lesion=2)
+    (data / "images" / "ISIC_nv_0_1.jpg").unlink()  # one row dropped: a DataWarning
+    args = ("--set", f"data_dir={data}")
+    split = run_cli(project_root, "split", *args)
+    assert split.returncode == 0, split.stderr
+    warned = _warning_lines(split.stderr)
+    assert any(
+        line.startswith("WARNING: DataWarning: ") and "1 of 104 rows" in line for line in warned
+    )
+    assert any("class vasc (Vascular lesion) has no images in the data" in line for line in warned)
+    # Only the message: no "file.py:123:" location and no source line under it.
+    assert "warnings.warn(" not in split.stderr and ".py:" not in split.stderr
+    assert not [line for line in split.stderr.splitlines() if line.startswith(" ")]
+
+    # The printed gap is the one of the printed table (which leaves out the *_extra images).
+    gap = float(re.search(r"largest class-share gap to overall\D*([\d.]+) pp", split.stdout)[1])
+    splits = pd.read_csv(project_root / split.stdout.strip().splitlines()[-1])
+    assert splits["split"].str.endswith("_extra").any()
+    table = class_table(splits).drop(index="total")
+    assert gap == pytest.approx(
+        max((table[f"{s} %"] - table["all %"]).abs().max() for s in SPLITS), abs=0.005
+    )
+
+    write_dataset(data, TWENTY_ROWS)  # the metadata now lists 20 images of 20 lesions
+    failed = run_cli(project_root, "split", *args)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    error = failed.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: {data / 'HAM10000_metadata.csv'} is too small to split")
+    assert "nv 8 (8)" in error and "--set val_fraction=0.2 --set test_fraction=0.2" in error
+    assert not list((project_root / "data" / "processed").rglob("splits.*"))
+
+    cache = run_cli(project_root, "cache", *args)
+    assert cache.returncode == 2 and "Traceback" not in cache.stderr
+    assert "splits.csv not found; write it with `python -m ham_utils split`" in cache.stderr
+
+
+def test_notebook_setup_shows_warnings_as_one_line(project_root):
+    code = (
+        "import warnings\n"
+        "from ham_utils.errors import DataWarning\n"
+        "from ham_utils.notebook import setup\n"
+        "setup('')\n"
+        "for _ in range(2):\n"  # a cell run twice shows its warning twice
+        "    warnings.warn('3 of 9 rows dropped', DataWarning)\n"
+    )
+    env = {**os.environ, "HAM_PROJECT_ROOT": str(project_root)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert _warning_lines(result.stderr) == ["WARNING: DataWarning: 3 of 9 rows dropped"] * 2

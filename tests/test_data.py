@@ -19,7 +19,7 @@ from ham_utils.data import (
 from ham_utils.errors import DataError, DataWarning
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared/data"
-IDS = [f"ISIC_{i:07d}" for i in range(1, 8)]  # one image per class
+IDS = [f"ISIC_{i:07d}" for i in range(1, 8)]
 
 
 def jpeg_bytes() -> bytes:
@@ -37,14 +37,15 @@ def write_images(folder: Path, ids: list[str]) -> None:
 
 
 def metadata(ids: list[str] = IDS) -> pd.DataFrame:
-    """Official column order; lesions 0 and 1 share a lesion, as in HAM10000."""
+    """Official column order; images 0 and 1 show one lesion (one diagnosis), as in HAM10000;
+    the others are one image per class, from the third class on."""
     return pd.DataFrame(
         {
             "lesion_id": [
                 f"HAM_{i // 2:07d}" if i < 2 else f"HAM_{i:07d}" for i in range(len(ids))
             ],
             "image_id": ids,
-            "dx": [CLASSES[i % len(CLASSES)] for i in range(len(ids))],
+            "dx": [CLASSES[i % len(CLASSES)] if i != 1 else CLASSES[0] for i in range(len(ids))],
             "dx_type": "histo",
             "age": 50.0,
             "sex": "female",
@@ -271,6 +272,29 @@ def test_missing_lesion_id_becomes_its_own_lesion_with_a_warning(flat):
     assert meta.loc[0, "lesion_id"] == metadata().loc[0, "lesion_id"]
 
 
+def test_lesion_with_different_dx_labels_is_dropped_listed_and_counted(flat):
+    table = metadata()
+    table.loc[1, "dx"] = "mel"  # the second image of lesion HAM_0000000 (akiec)
+    write_csv(flat / "HAM10000_metadata.csv", table)
+    with pytest.warns(
+        DataWarning,
+        match=r"metadata.csv: 2 of 7 rows dropped \(all images of 1 lesions whose images carry "
+        r"different dx labels, e.g. HAM_0000000: akiec, mel; correct dx or lesion_id.*"
+        r"dropped_rows.csv",
+    ):
+        dataset = read(flat)
+    assert dataset.metadata["image_id"].tolist() == IDS[2:]
+    assert dataset.dropped["image_id"].tolist() == IDS[:2]
+    assert dataset.dropped["reason"].str.contains("HAM_0000000 has images labelled with").all()
+
+
+def test_only_lesions_with_different_dx_labels_is_an_error(flat):
+    table = metadata(IDS[:2]).assign(dx=["akiec", "nv"])
+    write_csv(flat / "HAM10000_metadata.csv", table)
+    with pytest.raises(DataError, match=r"metadata.csv: every lesion_id .*HAM_0000000: akiec, nv"):
+        read(flat)
+
+
 # --- images ------------------------------------------------------------------------------
 
 
@@ -286,6 +310,27 @@ def test_rows_without_image_are_dropped_counted_and_listed(flat):
     assert dataset.metadata["image_id"].tolist() == [IDS[0], *IDS[3:]]
     assert dataset.dropped["image_id"].tolist() == IDS[1:3]
     assert dataset.dropped["reason"].str.startswith("image file not found").all()
+
+
+def test_image_ids_with_the_extension_get_a_hint_when_nothing_is_found(flat):
+    write_csv(flat / "HAM10000_metadata.csv", metadata().assign(image_id=[f"{i}.jpg" for i in IDS]))
+    with pytest.raises(
+        DataError,
+        match=rf"none of the 7 image ids .*7 of these image ids end in an image extension .*"
+        rf"the image_id column holds ids without the extension \({IDS[0]}, not {IDS[0]}\.jpg\)",
+    ):
+        read(flat)
+
+
+def test_some_image_ids_with_the_extension_get_the_hint_in_the_warning(flat):
+    table = metadata()
+    table.loc[5, "image_id"] = f"{IDS[5]}.JPG"
+    write_csv(flat / "HAM10000_metadata.csv", table)
+    with pytest.warns(
+        DataWarning, match=r"1 of 7 rows dropped \(image file not found.*without the extension"
+    ):
+        dataset = read(flat)
+    assert dataset.dropped["image_id"].tolist() == [f"{IDS[5]}.JPG"]
 
 
 def test_no_image_at_all_is_an_error_naming_the_folder(flat, tmp_path_factory):
@@ -359,7 +404,8 @@ def test_synthetic_marker_is_reported(flat):
 
 
 def test_marker_name_matches_the_generator():
-    synthetic = pytest.importorskip("ham_utils.synthetic")
+    from ham_utils import synthetic
+
     assert synthetic.MARKER_FILE == SYNTHETIC_MARKER_FILE
 
 

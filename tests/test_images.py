@@ -43,10 +43,17 @@ def test_transparent_pixels_are_composited_on_white():
     assert (out == 255).all()
 
 
-def test_16_bit_grayscale_keeps_its_contrast():
-    arr = np.linspace(0, 4000, 64 * 8).reshape(8, 64).astype(np.uint16)
-    out = np.asarray(open_rgb(_encode(Image.fromarray(arr), "PNG")))
-    assert out.max() == 255 and out.min() == 0
+@pytest.mark.parametrize(
+    ("dtype", "fmt"), [("<u2", "PNG"), (">u2", "TIFF"), ("<i4", "TIFF")], ids=["I;16", "I;16B", "I"]
+)
+def test_16_bit_grayscale_is_scaled_by_the_type_range_not_its_own_maximum(dtype, fmt):
+    # A dark image (at most 4000 of 65535) stays dark; full scale and half scale map to 255, 128.
+    values = np.array([[0, 4000, 32768, 65535]])
+    out = np.asarray(open_rgb(_encode(Image.fromarray(values.astype(dtype)), fmt)))
+    assert out.shape == (1, 4, 3)
+    assert out[0, :, 0].tolist() == [0, 16, 128, 255]
+    dark = np.asarray(open_rgb(_encode(Image.fromarray(values[:, :2].astype(dtype)), fmt)))
+    assert dark[0, :, 0].tolist() == [0, 16]  # not brightened to 255
 
 
 def test_exif_orientation_is_applied():

@@ -13,6 +13,7 @@ import pytest
 import skimage.data
 
 from ham_utils import config, lite
+from ham_utils.backbones import LITE_VARIANTS
 from ham_utils.errors import WeightsUnavailableError
 from ham_utils.models import (
     backbone_blocks,
@@ -149,9 +150,9 @@ def imagenet_input(name: str, size: int) -> np.ndarray:
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA).astype("float32")
 
 
-@pytest.mark.parametrize("variant", list(lite.VARIANTS))
+@pytest.mark.parametrize("variant", list(LITE_VARIANTS))
 def test_imagenet_weights_recognise_real_photographs(variant):
-    size = lite.VARIANTS[variant][2]
+    size = LITE_VARIANTS[variant][2]
     model = lite.imagenet_classifier(variant)
     batch = np.stack([imagenet_input(name, size) for name in PHOTOS])
     probabilities = model.predict(batch, verbose=0)

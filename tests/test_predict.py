@@ -120,8 +120,8 @@ def test_bad_uploads_are_refused_with_the_file_name(predictor, data, message):
 def test_calibrated_probabilities_when_the_run_has_a_temperature(tiny_run, tmp_path, predictor):
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
-    (run_dir / "evaluation").mkdir(exist_ok=True)
-    (run_dir / "evaluation" / "metrics.json").write_text(json.dumps({"temperature": 3.0}))
+    # Fitted for 2-view TTA outputs (0.5) and for the single view predict makes (3.0).
+    open_run(run_dir).evaluation("best").write_calibration({1: 3.0, 2: 0.5}, n_images=10)
     calibrated = Predictor(open_run(run_dir), model=predictor.explainer.model)
     data = encode(Image.fromarray(lesion(seed=9)), "PNG")
     raw, hot = predictor.predict(data), calibrated.predict(data)
@@ -130,6 +130,21 @@ def test_calibrated_probabilities_when_the_run_has_a_temperature(tiny_run, tmp_p
     assert hot.probabilities.max() < raw.probabilities.max()  # T > 1 flattens
     expected = np.exp(np.log(raw.probabilities) / 3.0)
     np.testing.assert_allclose(hot.probabilities, expected / expected.sum(), atol=1e-5)
+
+
+def test_a_temperature_fitted_for_other_outputs_is_refused(tiny_run, tmp_path, predictor):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    run = open_run(run_dir)
+    run.evaluation("best").write_calibration({4: 0.8}, n_images=10)  # TTA outputs only
+    with pytest.raises(DataError, match="not the 1-view outputs"):
+        Predictor(run, model=predictor.explainer.model)
+    # The last model has no calibration of its own: uncalibrated, not the best model's.
+    assert Predictor(run, "last", model=predictor.explainer.model).temperature is None
+    moved = run.evaluation("last")
+    shutil.copytree(run.evaluation("best").root, moved.root)
+    with pytest.raises(DataError, match="fitted for the 'best' model"):
+        Predictor(run, "last", model=predictor.explainer.model)
 
 
 def test_predict_paths_reports_each_bad_file_and_never_overwrites_overlays(predictor, tmp_path):

@@ -22,7 +22,8 @@ from conftest import REPO, run_cli
 from PIL import Image
 
 from ham_utils.config import load_params
-from ham_utils.evaluate import FIGURES, METRICS_FILE, PREDICTIONS_FILE
+from ham_utils.evaluate import FIGURES
+from ham_utils.runs import METRICS_FILE, PREDICTIONS_FILE, evaluation_at
 
 RECIPES = ("b3", "b4")
 # B4 and XLA only in `make check-recipes` (the `recipes` marker): minutes each.
@@ -77,7 +78,7 @@ def check_training(run_dir: Path) -> None:
 
 
 def check_evaluation(run_dir: Path) -> None:
-    evaluation = run_dir / "evaluation"
+    evaluation = evaluation_at(run_dir, "best").root
     metrics = json.loads((evaluation / METRICS_FILE).read_text())
     splits = pd.read_csv(run_dir / "splits.csv")
     assert metrics["n_images"] == (splits["split"] == "test").sum()
@@ -93,8 +94,8 @@ def check_evaluation(run_dir: Path) -> None:
 
 def check_gradcam(run_dir: Path, printed: list[Path]) -> None:
     """One grid per class of the test split, each a readable image."""
-    predictions = pd.read_csv(run_dir / "evaluation" / PREDICTIONS_FILE)
-    grids = run_dir / "evaluation" / "gradcam"
+    predictions = pd.read_csv(evaluation_at(run_dir, "best").predictions_file())
+    grids = evaluation_at(run_dir, "best").gradcam_dir
     expected = {grids / f"gradcam_{name}.png" for name in predictions["true"]}
     assert set(printed) == expected
     for path in printed:

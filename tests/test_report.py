@@ -6,6 +6,7 @@ evaluation artifacts, the Grad-CAM overlays, and whether the model learned at al
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -15,7 +16,8 @@ import pytest
 from conftest import REPO, run_cli
 from PIL import Image
 
-from ham_utils.config import CLASSES
+from ham_utils.config import CLASSES, MODELS
+from ham_utils.runs import open_run
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -76,7 +78,8 @@ def _in_unit_interval(value):
 @pytest.mark.slow
 def test_metrics_have_every_key_with_values_in_range(report):
     _, _, run_dir = report
-    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    evaluation = open_run(run_dir).evaluation("best")
+    metrics = json.loads(evaluation.metrics_file().read_text())
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_roc_auc", "ece"):
         assert _in_unit_interval(metrics[key]), key
     assert set(metrics["per_class"]) == set(CLASSES)
@@ -88,9 +91,10 @@ def test_metrics_have_every_key_with_values_in_range(report):
     for target, point in melanoma["sensitivity_at_specificity"].items():
         assert point["specificity"] >= float(target) - 1e-9
     assert metrics["synthetic_data"] is True and metrics["tta_views"] == 2
+    assert metrics["model"] == "best"
     assert metrics["temperature"] > 0
     matrix = np.array(metrics["confusion_matrix"])
-    predictions = pd.read_csv(run_dir / "evaluation" / "predictions.csv")
+    predictions = pd.read_csv(evaluation.predictions_file())
     assert matrix.sum() == metrics["n_images"] == len(predictions)
     probs = predictions[[f"p_{c}" for c in CLASSES]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
@@ -113,7 +117,7 @@ def test_figures_are_non_empty_pngs(report):
 @pytest.mark.slow
 def test_gradcam_overlays_have_the_size_of_the_input_image(report):
     root, _, run_dir = report
-    splits = pd.read_csv(run_dir / "splits.csv")
+    splits = open_run(run_dir).splits()
     images = splits[splits["split"] == "test"]["path"].head(2).tolist()
     out = root / "gradcam_files"
     result = run_cli(root, "gradcam", "--run", str(run_dir), *images, "--out", str(out))
@@ -128,7 +132,7 @@ def test_gradcam_overlays_have_the_size_of_the_input_image(report):
 @pytest.mark.slow
 def test_an_external_isic_2018_set_is_evaluated_in_its_own_folder(report):
     root, _, run_dir = report
-    splits = pd.read_csv(run_dir / "splits.csv")
+    splits = open_run(run_dir).splits()
     rows = splits[splits["split"] == "test"].head(20)
     external = root / "isic2018"
     images = external / "ISIC2018_Task3_Test_Input"
@@ -144,9 +148,11 @@ def test_an_external_isic_2018_set_is_evaluated_in_its_own_folder(report):
 
     result = run_cli(root, "evaluate", "--run", str(run_dir), "--external", str(external))
     assert result.returncode == 0, result.stderr[-3000:]
-    out = run_dir / "evaluation" / "external"
+    out = open_run(run_dir).evaluation("best").set_dir("external")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["set"] == "external" and metrics["n_images"] == len(rows)
+    assert "ISIC2018_Task3_Test_GroundTruth.csv" in metrics["source"]
+    assert not (out / "figures" / "training_curves.png").exists()  # the test split's only
     predictions = pd.read_csv(out / "predictions.csv")
     assert predictions["image_id"].str.startswith("ISIC_").all()
     assert predictions["true"].tolist() == rows["dx"].tolist()
@@ -161,3 +167,66 @@ def test_the_model_learns_far_above_chance(report):
     _, _, run_dir = report
     history = pd.read_csv(run_dir / "history.csv")
     assert history["val_balanced_accuracy"].max() >= 0.40, history.round(3).to_string()
+
+
+@pytest.mark.slow
+def test_a_run_moved_to_another_machine_is_evaluated_explained_and_used(report, tmp_path):
+    """Runs and data copied elsewhere (a Colab run brought to a laptop): with data_dir
+    pointing at the images there, evaluate, Grad-CAM and predict work and agree with the
+    original; the old folders are out of reach meanwhile, so nothing can lean on them."""
+    root, _, run_dir = report
+    original = json.loads(open_run(run_dir).evaluation("best").metrics_file().read_text())
+    laptop = tmp_path / "laptop"
+    moved = laptop / "runs" / run_dir.name
+    shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns("evaluation"))
+    (demo,) = (root / "data" / "demo").iterdir()
+    data = tmp_path / "elsewhere" / "ham10000"
+    shutil.copytree(demo, data)
+    away = root.with_name(root.name + "-away")
+    root.rename(away)
+    try:
+        lost = run_cli(laptop, "evaluate", "--run", str(moved))
+        assert lost.returncode == 2 and "point data_dir at the folder" in lost.stderr, lost.stderr
+
+        here = ("--set", f"data_dir={data}")
+        for which in ("best", "last"):
+            result = run_cli(laptop, "evaluate", "--run", str(moved), "--which", which, *here)
+            assert result.returncode == 0, result.stderr[-3000:]
+        run = open_run(moved)
+        best, last = (json.loads(run.evaluation(w).metrics_file().read_text()) for w in MODELS)
+        assert (best["model"], last["model"]) == ("best", "last")
+        for key in ("n_images", "balanced_accuracy", "macro_f1", "temperature"):
+            assert best[key] == pytest.approx(original[key], abs=1e-6), key
+        calibration = json.loads(run.evaluation("best").calibration_file.read_text())
+        assert calibration["n_images"] == (run.splits()["split"] == "val").sum()
+        _check_temperatures_fit_the_validation_outputs(
+            run.with_settings(data_dir=str(data)), calibration, tmp_path / "cache"
+        )
+
+        grids = run_cli(laptop, "gradcam", "--run", str(moved), *here)
+        assert grids.returncode == 0, grids.stderr[-3000:]
+        assert len(list(run.evaluation("best").gradcam_dir.glob("gradcam_*.png"))) >= 5
+
+        image = next(data.rglob("*.jpg"))
+        predicted = run_cli(laptop, "predict", "--run", str(moved), str(image))
+        assert predicted.returncode == 0, predicted.stderr[-3000:]
+        assert json.loads(predicted.stdout.splitlines()[-1])["calibrated"] is True
+    finally:
+        away.rename(root)
+
+
+def _check_temperatures_fit_the_validation_outputs(run, calibration, cache_dir):
+    """Each stored temperature is the one fitted on exactly the validation split's outputs
+    with its number of views: view 0 alone (what predict and the app see), or the TTA mean."""
+    from ham_utils.cache import build_split_cache
+    from ham_utils.evaluate import predict_views
+    from ham_utils.scoring import fit_temperature
+
+    splits = run.splits()
+    val = build_split_cache(
+        splits[splits["split"] == "val"], "val", cache_dir, run.params.image_size, progress=False
+    )
+    views = predict_views(run.load_model("best"), val.images, tta=2, progress=False)
+    fitted = calibration["temperature_by_views"]
+    assert fit_temperature(views[0], val.labels) == pytest.approx(fitted["1"], rel=1e-4)
+    assert fit_temperature(views.mean(axis=0), val.labels) == pytest.approx(fitted["2"], rel=1e-4)

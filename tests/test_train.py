@@ -186,3 +186,65 @@ def test_training_runs_on_the_jax_backend(project_root, request):
     assert json.loads((run_dir / "environment.json").read_text())["backend"] == "jax"
     history = pd.read_csv(run_dir / "history.csv")
     assert len(history) == 2 and history["loss"].notna().all()
+
+
+# Stops the process the moment the first epoch is saved, as a kill would, after printing the
+# optimizer's step count.
+KILLED_AFTER_ONE_EPOCH = """
+import os, sys
+from ham_utils import train
+from ham_utils.cli import main
+
+save = train.RunCheckpoint.on_epoch_end
+
+def on_epoch_end(self, epoch, logs=None):
+    save(self, epoch, logs)
+    print("iterations", int(self.model.optimizer.iterations), file=sys.stderr, flush=True)
+    os._exit(9)
+
+train.RunCheckpoint.on_epoch_end = on_epoch_end
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_the_optimizer_step_count_and_learning_rate(project_root):
+    """Killed after one fine-tuning epoch and resumed: the optimizer continues its step count
+    (saved in last.keras), so the cosine schedule goes on instead of starting again."""
+    import keras
+    import numpy as np
+
+    from ham_utils.models import load_model
+    from ham_utils.train import _optimizer
+
+    settings = {"warmup_epochs": 0, "finetune_epochs": 2, "lr_schedule": "cosine"}
+    args = ["train", *tiny_args(**settings, run_name="steps")]
+    env = {**os.environ, "HAM_PROJECT_ROOT": str(project_root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_ONE_EPOCH, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert killed.returncode == 9, killed.stderr[-3000:]
+    steps = int(killed.stderr.split("iterations ")[-1].split()[0])  # one epoch's steps
+    assert steps > 1
+
+    resumed = run_cli(project_root, *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming phase 2 after epoch 1" in resumed.stderr
+    run_dir = project_root / resumed.stdout.strip().splitlines()[-1]
+    optimizer = load_model(run_dir / "last.keras", compile=True).optimizer
+    assert int(optimizer.iterations) == 2 * steps  # not `steps`: a restarted count
+
+    params = load_params(REPO / "params" / "smoke.yaml", {**TINY, **settings})
+    fresh = _optimizer(params, 2, steps)
+    expected = []  # the schedule's rate at the start of each epoch of an uninterrupted run
+    for step in (0, steps):
+        fresh.iterations.assign(step)
+        expected.append(float(keras.ops.convert_to_numpy(fresh.learning_rate)))
+    assert expected[0] != pytest.approx(expected[1])  # the schedule moves in one epoch
+    history = pd.read_csv(run_dir / "history.csv")
+    np.testing.assert_allclose(history["learning_rate"], expected, rtol=1e-5)
