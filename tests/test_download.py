@@ -39,7 +39,7 @@ def metadata_csv(ids: list[str]) -> str:
         {
             "lesion_id": [f"HAM_{i // 2:07d}" for i in range(len(ids))],
             "image_id": ids,
-            "dx": [CLASSES[i % 7] for i in range(len(ids))],
+            "dx": [CLASSES[(i // 2) % 7] for i in range(len(ids))],  # one diagnosis per lesion
             "dx_type": "histo",
             "age": 45.0,
             "sex": "male",

@@ -75,6 +75,13 @@ def _in_unit_interval(value):
     return value is None or (0.0 <= value <= 1.0 and math.isfinite(value))
 
 
+def _demo_run(root, run_dir):
+    """The run, its images found in the demo data of the test's project folder (this
+    process's own project folder is another)."""
+    (demo,) = (root / "data" / "demo").iterdir()
+    return open_run(run_dir).with_settings(data_dir=str(demo))
+
+
 @pytest.mark.slow
 def test_metrics_have_every_key_with_values_in_range(report):
     _, _, run_dir = report
@@ -117,7 +124,7 @@ def test_figures_are_non_empty_pngs(report):
 @pytest.mark.slow
 def test_gradcam_overlays_have_the_size_of_the_input_image(report):
     root, _, run_dir = report
-    splits = open_run(run_dir).splits()
+    splits = _demo_run(root, run_dir).splits()
     images = splits[splits["split"] == "test"]["path"].head(2).tolist()
     out = root / "gradcam_files"
     result = run_cli(root, "gradcam", "--run", str(run_dir), *images, "--out", str(out))
@@ -132,7 +139,7 @@ def test_gradcam_overlays_have_the_size_of_the_input_image(report):
 @pytest.mark.slow
 def test_an_external_isic_2018_set_is_evaluated_in_its_own_folder(report):
     root, _, run_dir = report
-    splits = open_run(run_dir).splits()
+    splits = _demo_run(root, run_dir).splits()
     rows = splits[splits["split"] == "test"].head(20)
     external = root / "isic2018"
     images = external / "ISIC2018_Task3_Test_Input"
