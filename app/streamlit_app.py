@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from ham_utils import config
+from ham_utils.bootstrap import with_interval
 from ham_utils.config import CLASS_DESCRIPTIONS, CLASS_NAMES, RISK_GROUPS, RISK_OF_CLASS
 from ham_utils.errors import DataError
 from ham_utils.images import IMAGE_SUFFIXES
@@ -81,7 +82,11 @@ def run_label(path: Path) -> str:
 
 
 def risk_legend() -> None:
-    st.sidebar.markdown("**Risk levels** (by the group of the most probable class)")
+    st.sidebar.markdown(
+        "**Risk levels**: the group of the most probable class; **high** also when the "
+        "high-risk group's probability reaches the threshold chosen on the run's validation "
+        "split"
+    )
     for level, classes in RISK_GROUPS.items():
         names = ", ".join(f"{CLASS_NAMES[c]} ({c})" for c in classes)
         st.sidebar.markdown(f":{_colour_name(level)}[**{level}**]: {names}")
@@ -134,6 +139,17 @@ def show_prediction(run: Run, upload) -> None:
         f"{ranked[0][1]:.1%}. Probability of the high-risk group (melanoma, basal cell "
         f"carcinoma): {prediction.risk_probabilities()['high']:.1%}."
     )
+    screening = prediction.screening()
+    if screening is not None:
+        melanoma = screening["melanoma"]
+        if melanoma["threshold"] is not None:
+            side = "above" if melanoma["above"] else "below"
+            st.markdown(
+                f"Melanoma probability {melanoma['probability']:.1%}: **{side}** the research "
+                f"threshold of {melanoma['threshold']:.1%}, chosen on the run's validation "
+                f"split to catch {prediction.operating_points['target_sensitivity']:.0%} of "
+                "its melanomas. A research output about this model, not advice."
+            )
     picture, explanation = st.columns(2)
     with picture:
         st.image(prediction.display, caption=f"{upload.name}, as the model frames it")
@@ -233,14 +249,19 @@ def performance_page(run: Run) -> None:
             f"{metrics.get('tta_views', 1)} test-time view(s)."
         )
         columns = st.columns(len(HEADLINE_METRICS))
+        intervals = metrics.get("uncertainty", {}).get("intervals", {})
         for column, (key, label) in zip(columns, HEADLINE_METRICS, strict=True):
             value = metrics.get(key)
             column.metric(label, "n/a" if value is None else f"{value:.3f}")
+            if intervals.get(key):
+                column.caption("95% interval [{:.3f}, {:.3f}]".format(*intervals[key]))
         melanoma = metrics["melanoma"]
         st.markdown(
-            f"Melanoma: sensitivity {_fraction(melanoma['sensitivity'])} at specificity "
-            f"{_fraction(melanoma['specificity'])}. Calibration error (ECE) "
-            f"{_fraction(metrics['ece'])}"
+            "Melanoma: sensitivity "
+            f"{with_interval(melanoma['sensitivity'], intervals.get('melanoma_sensitivity'))} "
+            "at specificity "
+            f"{with_interval(melanoma['specificity'], intervals.get('melanoma_specificity'))}. "
+            f"Calibration error (ECE) {with_interval(metrics['ece'], intervals.get('ece'))}"
             + (
                 f", {_fraction(metrics['ece_after_temperature'])} after temperature scaling."
                 if metrics.get("ece_after_temperature") is not None

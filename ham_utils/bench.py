@@ -242,6 +242,30 @@ def bench_prediction(repeats: int = 10) -> list[tuple[str, str]]:
     ]
 
 
+def bench_bootstrap(n_predictions: int = 1500, repeats: int = 3) -> list[tuple[str, str]]:
+    """Seconds for the 95% intervals of every headline metric: 1,000 resamples of
+    ``n_predictions`` seeded predictions (HAM10000's class mix, some skill), as
+    :func:`ham_utils.evaluate` computes them for a test split."""
+    import numpy as np
+
+    from ham_utils.bootstrap import RESAMPLES, bootstrap_intervals
+    from ham_utils.config import CLASSES
+
+    rng = np.random.default_rng(0)
+    shares = [0.03, 0.05, 0.11, 0.01, 0.11, 0.67, 0.02]
+    y = rng.choice(len(CLASSES), n_predictions, p=shares)
+    logits = rng.normal(0, 1, (n_predictions, len(CLASSES)))
+    logits[np.arange(n_predictions), y] += 2.0
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    times = [timed(lambda: bootstrap_intervals(y, probs))[1] for _ in range(repeats)]
+    return [
+        (
+            f"bootstrap intervals, {n_predictions} predictions x {RESAMPLES} resamples",
+            f"{min(times):.2f}-{max(times):.2f} s ({repeats} runs)",
+        )
+    ]
+
+
 def bench_report(params_path: str | None, overrides: dict[str, str]) -> list[tuple[str, str]]:
     """Wall time of ``make all`` minus set-up: every notebook, in a fresh project folder
     (so the demo data, split, cache and run are all made from scratch)."""
@@ -278,19 +302,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--report", action="store_true", help="time every notebook (make all) instead"
     )
     parser.add_argument(
+        "--bootstrap-only", action="store_true", help="only the bootstrap intervals' speed"
+    )
+    parser.add_argument(
         "--backbones-only",
         action="store_true",
         help="only the training and inference speed of EfficientNet-Lite 0-2 (params/cpu.yaml)",
     )
     args = parser.parse_args(argv)
     overrides = dict(parse_override(s) for s in args.set)
-    if args.backbones_only:
+    if args.bootstrap_only:
+        rows = bench_bootstrap()
+    elif args.backbones_only:
         rows = bench_backbones()
     elif args.report:
         rows = bench_report(args.params, overrides)
     else:
         rows = bench_data_steps(args.params, overrides)
-    if not (args.data_only or args.report or args.backbones_only):
+    if not (args.data_only or args.report or args.backbones_only or args.bootstrap_only):
+        rows += bench_bootstrap()
         rows += bench_training(args.params, overrides)
         rows += bench_backbones()
         rows += bench_prediction()

@@ -171,6 +171,8 @@ class Params:
     # --- evaluation ---
     tta: int = 1  # test-time augmentation views: 1 (off), 2, 4 (flips) or 8 (flips, turns)
     temperature_scaling: bool = True  # fitted on validation, applied to test
+    # Melanoma (and high-risk) screening threshold: chosen on validation for this sensitivity.
+    screening_sensitivity: float = 0.90
     external_dir: str = ""  # ISIC 2018 Task 3 ground truth CSV (or its folder) to evaluate
     # --- runtime ---
     mixed_precision: str = "auto"  # auto (on with a GPU) | off | mixed_float16 | mixed_bfloat16
@@ -200,6 +202,11 @@ class Params:
             self.warmup_epochs + self.finetune_epochs
         ):
             raise ParamsError("warmup_epochs and finetune_epochs must be >= 0, not both 0")
+        if not 0 < self.screening_sensitivity < 1:
+            raise ParamsError(
+                f"screening_sensitivity must lie strictly between 0 and 1, got "
+                f"{self.screening_sensitivity}"
+            )
         if self.tta not in TTA_VIEWS:
             raise ParamsError(f"tta must be one of {TTA_VIEWS} views, got {self.tta}")
         if self.image_size < 16:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ham_utils.config import CLASSES, TTA_VIEWS, resolve_path
+from ham_utils.config import CLASSES, RISK_GROUPS, TTA_VIEWS, resolve_path
 from ham_utils.errors import DataError
 from ham_utils.runs import (
     CURVES_FILE,
@@ -38,7 +38,7 @@ from ham_utils.runs import (
 log = logging.getLogger("ham_utils")
 
 FIGURES = ("training_curves", "confusion_matrix", "roc", "precision_recall", "reliability",
-           "per_class_f1")  # fmt: skip
+           "per_class_f1", "risk_coverage")  # fmt: skip
 
 
 def tta_views(images: np.ndarray, views: int) -> list[np.ndarray]:
@@ -104,6 +104,12 @@ class EvaluationSet:
     image_ids: np.ndarray
     out_dir: Path
     source: str  # where the images and labels come from, in words a reader can check
+    # Lesion id per image when a lesion may have several (the bootstrap then resamples
+    # lesions); None when each image is its own unit.
+    groups: np.ndarray | None = None
+    # Metadata rows (sex, age, localization, dx_type) in the order of the images; None for
+    # sets without them (the ISIC 2018 ground truth has none).
+    metadata: pd.DataFrame | None = None
 
 
 def _split_set(run: Run, split: str, out_dir: Path, progress: bool) -> EvaluationSet:
@@ -120,9 +126,15 @@ def _split_set(run: Run, split: str, out_dir: Path, progress: bool) -> Evaluatio
         rows, split, params.cache_dir, params.image_size, params.resize_mode, progress=progress
     )
     source = f"the run's {split} split ({run.path / SPLITS_FILE}, one image per lesion)"
+    groups = None
     if not params.one_image_per_lesion_eval:
         source = f"the run's {split} split ({run.path / SPLITS_FILE}, every image)"
-    return EvaluationSet(split, cached.images, cached.labels, cached.image_ids, out_dir, source)
+        lesion_of = rows.set_index("image_id")["lesion_id"]
+        groups = lesion_of.loc[cached.image_ids].to_numpy()
+    metadata = rows.set_index("image_id").loc[cached.image_ids].reset_index()
+    return EvaluationSet(
+        split, cached.images, cached.labels, cached.image_ids, out_dir, source, groups, metadata
+    )
 
 
 def find_ground_truth(path: Path) -> Path:
@@ -165,8 +177,12 @@ def _external_set(run: Run, external: str, evaluation: Evaluation, progress: boo
     )
 
 
-def _write_figures(data: EvaluationSet, probs: np.ndarray, metrics: dict, run: Run) -> None:
+def _write_figures(
+    data: EvaluationSet, probs: np.ndarray, metrics: dict, run: Run, counts: np.ndarray
+) -> None:
+    """The set's figures; bands from ``counts``, the resamples of the metrics' intervals."""
     from ham_utils import plots
+    from ham_utils.bootstrap import reliability_bands, roc_bands
 
     figures, labels = data.out_dir / FIGURES_DIR, data.labels
     classes = run.classes
@@ -174,27 +190,140 @@ def _write_figures(data: EvaluationSet, probs: np.ndarray, metrics: dict, run: R
         plots.plot_training_curves(run.history(), figures / CURVES_FILE)
     cm = np.asarray(metrics["confusion_matrix"])
     plots.plot_confusion_matrices(cm, classes, figures / "confusion_matrix.png")
-    plots.plot_roc_curves(labels, probs, classes, figures / "roc.png")
+    bands = roc_bands(labels, probs, counts, plots.ROC_BAND_GRID)
+    plots.plot_roc_curves(labels, probs, classes, figures / "roc.png", bands)
     plots.plot_pr_curves(labels, probs, classes, figures / "precision_recall.png")
-    plots.plot_reliability(labels, probs, path=figures / "reliability.png")
+    plots.plot_reliability(
+        labels,
+        probs,
+        path=figures / "reliability.png",
+        bands=reliability_bands(labels, probs, counts),
+    )
     plots.plot_per_class_f1(metrics, figures / "per_class_f1.png", data.name)
+    plots.plot_risk_coverage(labels, probs, figures / "risk_coverage.png")
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What the validation split fixes before test is looked at, for the TTA views evaluated
+    here: the temperature (None: scaling off) and the screening thresholds."""
+
+    temperature: float | None
+    thresholds: dict[str, float | None]
+    target_sensitivity: float
+
+
+def high_risk_probability(probs: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    """Total probability of the high-risk group (melanoma and basal cell carcinoma)."""
+    return probs[:, [classes.index(c) for c in RISK_GROUPS["high"]]].sum(axis=1)
+
+
+def screening_scores(probs: np.ndarray, classes: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The scores a screening threshold applies to: P(melanoma) and P(high-risk group)."""
+    return {
+        "melanoma": probs[:, classes.index("mel")],
+        "high_risk": high_risk_probability(probs, classes),
+    }
+
+
+def _screening_truth(labels: np.ndarray, classes: tuple[str, ...]) -> dict[str, np.ndarray]:
+    high = [classes.index(c) for c in RISK_GROUPS["high"]]
+    return {"melanoma": labels == classes.index("mel"), "high_risk": np.isin(labels, high)}
+
+
+def fit_on_validation(
+    model: Any, run: Run, evaluation: Evaluation, progress: bool = True
+) -> Fitted:
+    """Fit on the run's validation split (never on test), for the ``tta``-view outputs
+    evaluated here and for the single-view outputs of ``predict`` and the app: temperatures
+    (``calibration.json``) and the thresholds that reach ``screening_sensitivity`` on the
+    probabilities shown, calibrated when scaling is on (``operating_points.json``). One pass:
+    view 0 of the TTA views is the image itself."""
+    from ham_utils.scoring import apply_temperature, fit_temperature, threshold_for_sensitivity
+
+    params = run.params
+    val = _split_set(run, "val", evaluation.root, progress)
+    views = predict_views(model, val.images, params.batch_size, params.tta, progress)
+    outputs = {1: views[0], params.tta: views.astype(np.float64).mean(axis=0)}
+    temperatures = (
+        {v: fit_temperature(p, val.labels) for v, p in outputs.items()}
+        if params.temperature_scaling
+        else {}
+    )
+    if temperatures:
+        evaluation.write_calibration(temperatures, len(val.labels))
+    truth = _screening_truth(val.labels, run.classes)
+    thresholds = {}
+    for v, p in outputs.items():
+        shown = apply_temperature(p, temperatures[v]) if temperatures else p
+        scores = screening_scores(shown, run.classes)
+        thresholds[v] = {
+            name: threshold_for_sensitivity(truth[name], scores[name], params.screening_sensitivity)
+            for name in scores
+        }
+    evaluation.write_operating_points(
+        params.screening_sensitivity, thresholds, bool(temperatures), len(val.labels)
+    )
+    return Fitted(
+        temperatures.get(params.tta), thresholds[params.tta], params.screening_sensitivity
+    )
+
+
+def _operating_points(
+    labels: np.ndarray, probs: np.ndarray, fitted: Fitted, counts: np.ndarray, run: Run
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The validation-chosen thresholds applied once to this set: sensitivity, specificity
+    and cases flagged per 100, and their intervals."""
+    from ham_utils.bootstrap import flag_intervals
+    from ham_utils.scoring import apply_temperature, operating_point
+
+    shown = apply_temperature(probs, fitted.temperature) if fitted.temperature else probs
+    scores = screening_scores(shown, run.classes)
+    truth = _screening_truth(labels, run.classes)
+    points, intervals = {"target_sensitivity": fitted.target_sensitivity}, {}
+    for name, threshold in fitted.thresholds.items():
+        if threshold is None:
+            points[name] = None
+            continue
+        points[name] = operating_point(truth[name], scores[name], threshold)
+        flagged = scores[name] >= threshold
+        for key, interval in flag_intervals(truth[name], flagged, counts).items():
+            intervals[f"screening_{name}_{key}"] = interval
+    return points, intervals
 
 
 def _evaluate_set(
-    model: Any, run: Run, which: str, data: EvaluationSet, temperature: float | None, progress: bool
+    model: Any, run: Run, which: str, data: EvaluationSet, fitted: Fitted, progress: bool
 ) -> dict[str, Any]:
+    from ham_utils.bootstrap import bootstrap_intervals, resample_counts
     from ham_utils.scoring import (
         apply_temperature,
         evaluation_metrics,
         expected_calibration_error,
+        selective_summary,
     )
 
     params = run.params
+    temperature = fitted.temperature
     probs = predict_probabilities(model, data.images, params.batch_size, params.tta, progress)
     data.out_dir.mkdir(parents=True, exist_ok=True)
     table = predictions_table(data.image_ids, data.labels, probs, run.classes)
     table.to_csv(data.out_dir / PREDICTIONS_FILE, index=False)
     metrics = evaluation_metrics(data.labels, probs, run.classes)
+    counts = resample_counts(len(data.labels), groups=data.groups)
+    metrics["uncertainty"] = bootstrap_intervals(
+        data.labels, probs, run.classes, data.groups, counts=counts
+    )
+    points, intervals = _operating_points(data.labels, probs, fitted, counts, run)
+    metrics["operating_points"] = points
+    metrics["uncertainty"]["intervals"].update(intervals)
+    metrics["selective"] = selective_summary(data.labels, probs)
+    subgroups = None
+    if data.metadata is not None:
+        from ham_utils.subgroups import as_records, subgroup_table
+
+        subgroups = subgroup_table(data.metadata, data.labels, probs, run.classes, data.groups)
+        metrics["subgroups"] = as_records(subgroups)
     metrics.update(
         {
             "set": data.name,
@@ -210,7 +339,11 @@ def _evaluate_set(
         }
     )
     (data.out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    _write_figures(data, probs, metrics, run)
+    _write_figures(data, probs, metrics, run, counts)
+    if subgroups is not None:
+        from ham_utils.plots import plot_subgroups
+
+        plot_subgroups(subgroups, data.out_dir / FIGURES_DIR / "subgroups.png")
     if params.track:
         from ham_utils.tracking import log_evaluation
 
@@ -227,24 +360,6 @@ def _evaluate_set(
     return metrics
 
 
-def fit_run_temperatures(
-    model: Any, run: Run, evaluation: Evaluation, progress: bool = True
-) -> dict[int, float]:
-    """Temperatures fitted on the run's validation split (never on test), one for the
-    ``tta``-view outputs evaluated here and one for single-view outputs; stored with the
-    model's evaluation. Both come from one pass: view 0 of the TTA views is the image itself."""
-    from ham_utils.scoring import fit_temperature
-
-    val = _split_set(run, "val", evaluation.root, progress)
-    views = predict_views(model, val.images, run.params.batch_size, run.params.tta, progress)
-    temperatures = {
-        1: fit_temperature(views[0], val.labels),
-        run.params.tta: fit_temperature(views.astype(np.float64).mean(axis=0), val.labels),
-    }
-    evaluation.write_calibration(temperatures, len(val.labels))
-    return temperatures
-
-
 def evaluate_run(
     run: Run, external: str | None = None, which: str = "best", progress: bool = True
 ) -> dict[str, dict[str, Any]]:
@@ -252,16 +367,13 @@ def evaluate_run(
     truth CSV or its folder; default the run's ``external_dir``). Returns metrics by set."""
     evaluation = run.evaluation(which)
     model = run.load_model(which)
-    evaluation.calibration_file.unlink(missing_ok=True)  # never leave one of another setting
-    temperature = (
-        fit_run_temperatures(model, run, evaluation, progress)[run.params.tta]
-        if run.params.temperature_scaling
-        else None
-    )
+    for stale in (evaluation.calibration_file, evaluation.operating_points_file):
+        stale.unlink(missing_ok=True)  # never leave one of another setting
+    fitted = fit_on_validation(model, run, evaluation, progress)
     test = _split_set(run, "test", evaluation.root, progress)
-    results = {"test": _evaluate_set(model, run, which, test, temperature, progress)}
+    results = {"test": _evaluate_set(model, run, which, test, fitted, progress)}
     external = external if external is not None else run.params.external_dir
     if external:
         data = _external_set(run, external, evaluation, progress)
-        results[EXTERNAL_SET] = _evaluate_set(model, run, which, data, temperature, progress)
+        results[EXTERNAL_SET] = _evaluate_set(model, run, which, data, fitted, progress)
     return results

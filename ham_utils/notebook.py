@@ -13,6 +13,7 @@ os.environ.setdefault("TQDM_MININTERVAL", "10")
 
 import pandas as pd
 
+from ham_utils.bootstrap import with_interval
 from ham_utils.config import PARAMETER_NAMES, Params, ParamsError, load_params, resolve_path
 from ham_utils.errors import capture_warnings
 from ham_utils.report import FIGURES_DIR
@@ -126,19 +127,112 @@ def synthetic_warning(run: Run) -> None:
 
 
 def headline_table(metrics: dict[str, Any]) -> pd.DataFrame:
-    """The headline metrics of one evaluated set, most telling first."""
+    """The headline metrics of one evaluated set, most telling first, each with its 95%
+    bootstrap interval (lesions resampled, :mod:`ham_utils.bootstrap`)."""
     melanoma = metrics["melanoma"]
-    rows = {
-        "images": metrics["n_images"],
-        "balanced accuracy (ISIC 2018 metric)": metrics["balanced_accuracy"],
-        "macro F1": metrics["macro_f1"],
-        "macro ROC AUC (one-vs-rest)": metrics["macro_roc_auc"],
-        "melanoma sensitivity": melanoma["sensitivity"],
-        "melanoma specificity": melanoma["specificity"],
-        "weighted F1": metrics["weighted_f1"],
-        "accuracy": metrics["accuracy"],
-        "expected calibration error": metrics["ece"],
-    }
-    table = pd.DataFrame({"value": rows})
-    table["value"] = [v if isinstance(v, int) or v is None else round(v, 3) for v in rows.values()]
+    at = melanoma["sensitivity_at_specificity"]
+    intervals = metrics.get("uncertainty", {}).get("intervals", {})
+    rows = [
+        ("balanced accuracy (ISIC 2018 metric)", metrics["balanced_accuracy"], "balanced_accuracy"),
+        ("macro F1", metrics["macro_f1"], "macro_f1"),
+        ("macro ROC AUC (one-vs-rest)", metrics["macro_roc_auc"], "macro_roc_auc"),
+        ("macro average precision", metrics.get("macro_average_precision"),
+         "macro_average_precision"),
+        ("melanoma sensitivity", melanoma["sensitivity"], "melanoma_sensitivity"),
+        ("melanoma specificity", melanoma["specificity"], "melanoma_specificity"),
+        *(
+            (f"melanoma sensitivity at {float(t):.0%} specificity", point["sensitivity"],
+             f"melanoma_sensitivity_at_specificity_{t}")
+            for t, point in at.items()
+        ),
+        ("weighted F1", metrics["weighted_f1"], "weighted_f1"),
+        ("accuracy", metrics["accuracy"], "accuracy"),
+        ("expected calibration error", metrics["ece"], "ece"),
+    ]  # fmt: skip
+    table = pd.DataFrame(
+        {"value [95% interval]": [with_interval(v, intervals.get(key)) for _, v, key in rows]},
+        index=[label for label, _, _ in rows],
+    )
+    table.index.name = f"{metrics['n_images']} images"
     return table
+
+
+def per_class_intervals(metrics: dict[str, Any]) -> pd.DataFrame:
+    """Recall, precision and ROC AUC of each class with their 95% intervals."""
+    intervals = metrics.get("uncertainty", {}).get("intervals", {})
+    rows = {}
+    for name, row in metrics["per_class"].items():
+        rows[name] = {
+            "support": row["support"],
+            **{
+                key: with_interval(row[key], intervals.get(f"{key}_{name}"))
+                for key in ("recall", "precision", "roc_auc")
+            },
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("class")
+
+
+def operating_point_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """The screening thresholds chosen on validation, as they did on this set, with 95%
+    intervals: one row for melanoma, one for the high-risk group (mel + bcc)."""
+    points = metrics["operating_points"]
+    intervals = metrics.get("uncertainty", {}).get("intervals", {})
+    rows = {}
+    for name, label in (("melanoma", "melanoma"), ("high_risk", "high-risk group (mel + bcc)")):
+        point = points.get(name)
+        if point is None:
+            continue
+        rows[label] = {
+            "threshold (from validation)": round(point["threshold"], 3),
+            **{
+                column: with_interval(point[key], intervals.get(f"screening_{name}_{key}"))
+                for key, column in (
+                    ("sensitivity", "sensitivity"),
+                    ("specificity", "specificity"),
+                    ("flagged_per_100", "flagged per 100 lesions"),
+                )
+            },
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = f"target sensitivity {points['target_sensitivity']:.0%}"
+    return table
+
+
+def selective_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """Accuracy and balanced accuracy on all cases and on the 90% and 80% the model is
+    most sure of."""
+    selective = metrics["selective"]
+    rows = {"100% (all)": (metrics["accuracy"], metrics["balanced_accuracy"])}
+    for coverage in sorted(selective["at_coverage"], reverse=True):
+        at = selective["at_coverage"][coverage]
+        rows[f"{float(coverage):.0%} most confident"] = (at["accuracy"], at["balanced_accuracy"])
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["accuracy", "balanced accuracy"])
+    table.index.name = f"coverage (AURC {selective['aurc']:.3f})"
+    return table.round(3)
+
+
+def subgroup_summary(metrics: dict[str, Any]) -> pd.DataFrame:
+    """The test split by subgroup (:mod:`ham_utils.subgroups`), values with 95% intervals."""
+    table = pd.DataFrame(metrics["subgroups"])
+    shown = pd.DataFrame(
+        {
+            "images": table["images"],
+            "melanomas": table["melanomas"],
+            "balanced accuracy": [
+                with_interval(v, i)
+                for v, i in zip(
+                    table["balanced_accuracy"], table["balanced_accuracy_interval"], strict=True
+                )
+            ],
+            "melanoma sensitivity": [
+                with_interval(v, i)
+                for v, i in zip(
+                    table["melanoma_sensitivity"],
+                    table["melanoma_sensitivity_interval"],
+                    strict=True,
+                )
+            ],
+            "readable": ["too small (< 30 images)" if s else "" for s in table["too_small"]],
+        }
+    )
+    return shown.set_index(pd.MultiIndex.from_frame(table[["variable", "subgroup"]]))

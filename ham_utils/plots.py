@@ -220,11 +220,26 @@ def _one_vs_rest_axes(
     return fig, ax
 
 
+ROC_BAND_GRID = np.linspace(0.0, 1.0, 101)  # false positive rates where a ROC band is drawn
+
+
 def plot_roc_curves(
-    y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str] = CLASSES, path: PathLike = None
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str] = CLASSES,
+    path: PathLike = None,
+    bands: np.ndarray | None = None,
 ) -> Figure:
-    """One-vs-rest ROC curve per class with its AUC in the legend."""
+    """One-vs-rest ROC curve per class with its AUC in the legend; with ``bands`` (from
+    :func:`ham_utils.bootstrap.roc_bands` on :data:`ROC_BAND_GRID`), each curve's pointwise
+    95% bootstrap band shaded in its colour."""
     fig, ax = _one_vs_rest_axes(y_true, probs, classes, "roc")
+    if bands is not None:
+        for k in range(len(classes)):
+            if np.isfinite(bands[k]).all():
+                low, high = bands[k].T
+                ax.fill_between(ROC_BAND_GRID, low, high, color=f"C{k}", alpha=0.12, lw=0)
+        ax.fill_between([], [], [], color="grey", alpha=0.3, label="95% bootstrap bands")
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="chance")
     ax.set_xlabel("false positive rate (1 − specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
@@ -246,9 +261,15 @@ def plot_pr_curves(
 
 
 def plot_reliability(
-    y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS, path: PathLike = None
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    bins: int = ECE_BINS,
+    path: PathLike = None,
+    bands: np.ndarray | None = None,
 ) -> Figure:
-    """Reliability diagram of the top-class confidence, with the images per bin below."""
+    """Reliability diagram of the top-class confidence, with the images per bin below; with
+    ``bands`` (from :func:`ham_utils.bootstrap.reliability_bands`), each bin's 95% bootstrap
+    interval of the accuracy as an error bar."""
     table = reliability_table(y_true, probs, bins)
     ece = expected_calibration_error(y_true, probs, bins)
     centres, width = (table["lower"] + table["upper"]) / 2, 1 / bins
@@ -264,6 +285,18 @@ def plot_reliability(
         alpha=0.3,
         label="gap to confidence",
     )
+    if bands is not None:
+        shown = np.isfinite(bands).all(axis=1) & (table["count"].to_numpy() > 0)
+        accuracy = table["accuracy"].to_numpy()
+        top.errorbar(
+            centres[shown],
+            accuracy[shown],
+            yerr=np.abs(bands[shown].T - accuracy[shown]),
+            fmt="none",
+            ecolor="black",
+            capsize=2,
+            label="95% bootstrap interval",
+        )
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
@@ -273,6 +306,57 @@ def plot_reliability(
     bottom.set_xlim(0, 1)
     bottom.set_xlabel("top-class confidence")
     bottom.set_ylabel("images")
+    return _finish(fig, path)
+
+
+def plot_risk_coverage(y_true: np.ndarray, probs: np.ndarray, path: PathLike = None) -> Figure:
+    """Selective prediction: accuracy and balanced accuracy of the most confident cases as
+    the least confident are set aside, with the 80% and 90% coverage marked."""
+    from ham_utils.scoring import SELECTIVE_COVERAGES, risk_coverage
+
+    curve = risk_coverage(y_true, probs)
+    fig, axes = _figure(figsize=(7, 4.5))
+    ax = axes[0, 0]
+    ax.plot(curve["coverage"], curve["accuracy"], label="accuracy")
+    ax.plot(curve["coverage"], curve["balanced_accuracy"], label="balanced accuracy")
+    for coverage in SELECTIVE_COVERAGES:
+        ax.axvline(coverage, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("coverage (share of cases the model keeps, most confident first)")
+    ax.set_ylabel("score on the kept cases")
+    ax.set_title("Risk-coverage: how much better the model is on the cases it is sure of")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize="small")
+    return _finish(fig, path)
+
+
+def plot_subgroups(table: pd.DataFrame, path: PathLike = None) -> Figure:
+    """Forest plot of :func:`ham_utils.subgroups.subgroup_table`: balanced accuracy and
+    melanoma sensitivity per subgroup with 95% intervals; groups too small to read in grey."""
+    rows = table.iloc[::-1].reset_index(drop=True)  # first row at the top
+    fig, axes = _figure(1, 2, figsize=(11, 0.32 * len(rows) + 1.5), sharey=True)
+    labels = [
+        f"{r.variable}: {r.subgroup} (n={r.images}{', too small' if r.too_small else ''})"
+        for r in rows.itertuples()
+    ]
+    for ax, key, title in (
+        (axes[0, 0], "balanced_accuracy", "balanced accuracy"),
+        (axes[0, 1], "melanoma_sensitivity", "melanoma sensitivity"),
+    ):
+        for y, row in rows.iterrows():
+            value, interval = row[key], row[f"{key}_interval"]
+            if value is None or pd.isna(value):
+                continue
+            colour = "tab:grey" if row["too_small"] else "tab:blue"
+            ax.plot(value, y, "o", color=colour)
+            if interval is not None:
+                ax.plot(interval, [y, y], color=colour, linewidth=2)
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{title} (95% interval)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(range(len(rows)), labels, fontsize="small")
+    fig.suptitle("For whom does the model fail? Test lesions by subgroup")
     return _finish(fig, path)
 
 

@@ -37,6 +37,9 @@ class Prediction:
     heatmap: np.ndarray  # (h, w) in [0, 1]
     display: np.ndarray  # uint8 (S, S, 3): the image as the model framed it, enlarged
     temperature: float | None = None
+    # Screening thresholds chosen on validation (ham_utils.runs.Evaluation.operating_points):
+    # "melanoma", "high_risk", "target_sensitivity"; None when the model has none.
+    operating_points: dict[str, Any] | None = None
 
     @property
     def predicted(self) -> str:
@@ -44,8 +47,44 @@ class Prediction:
 
     @property
     def risk(self) -> str:
-        """Risk group of the predicted class (see :data:`ham_utils.config.RISK_GROUPS`)."""
+        """Risk group (:data:`ham_utils.config.RISK_GROUPS`): high when the most probable class
+        is high-risk or the high-risk group's probability reaches the threshold chosen on
+        validation; otherwise the group of the most probable class."""
+        if self.above_threshold("high_risk"):
+            return "high"
         return RISK_OF_CLASS[self.predicted]
+
+    def above_threshold(self, name: str) -> bool | None:
+        """Whether the ``melanoma`` or ``high_risk`` probability reaches its screening
+        threshold; None without thresholds."""
+        threshold = (self.operating_points or {}).get(name)
+        if threshold is None:
+            return None
+        by_class = dict(zip(self.classes, self.probabilities.tolist(), strict=True))
+        score = by_class["mel"] if name == "melanoma" else self.risk_probabilities()["high"]
+        return score >= threshold
+
+    def screening(self) -> dict[str, Any] | None:
+        """The melanoma and high-risk scores against their thresholds, worded as what they
+        are: research outputs from a validation split, not advice."""
+        points = self.operating_points
+        if points is None:
+            return None
+        by_class = dict(zip(self.classes, self.probabilities.tolist(), strict=True))
+        scores = {"melanoma": by_class["mel"], "high_risk": self.risk_probabilities()["high"]}
+        return {
+            name: {
+                "probability": round(scores[name], 6),
+                "threshold": None if points.get(name) is None else round(points[name], 6),
+                "above": self.above_threshold(name),
+            }
+            for name in scores
+        } | {
+            "note": (
+                f"research output: thresholds chosen on the validation split to catch "
+                f"{points['target_sensitivity']:.0%} of its cases; not a diagnosis or advice"
+            )
+        }
 
     def ranked(self) -> list[tuple[str, float]]:
         """(class, probability), the most probable first."""
@@ -74,6 +113,7 @@ class Prediction:
             },
             "risk_probabilities": {k: round(v, 6) for k, v in self.risk_probabilities().items()},
             "calibrated": self.temperature is not None,
+            "screening": self.screening(),
         }
 
 
@@ -96,6 +136,7 @@ class Predictor:
         self.run = run
         self.explainer = RunExplainer(run, which, model)
         self.temperature = run_temperature(run, which)
+        self.operating_points = run.evaluation(which).operating_points(PREDICT_VIEWS)
 
     def warm_up(self) -> None:
         """Trace the model and its Grad-CAM on a blank image (some seconds), so that the
@@ -142,6 +183,7 @@ class Predictor:
             heatmap=result.heatmap,
             display=display,
             temperature=self.temperature,
+            operating_points=self.operating_points,
         )
 
 

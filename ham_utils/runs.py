@@ -8,7 +8,8 @@ spelled once::
         state.json  history.csv  timing.json  training_curves.png
         best.keras  last.keras  checkpoints/          (checkpoints: while training)
         evaluation/<model>/                           (model: best or last)
-            metrics.json  predictions.csv  calibration.json  figures/  gradcam/
+            metrics.json  predictions.csv  calibration.json  operating_points.json
+            figures/  gradcam/
             external/  metrics.json  predictions.csv  figures/  dropped_rows.csv
 
 ``splits.csv`` holds image paths relative to the data folder, so a run trained on one
@@ -48,6 +49,7 @@ EVALUATION_DIR = "evaluation"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 CALIBRATION_FILE = "calibration.json"
+OPERATING_POINTS_FILE = "operating_points.json"
 FIGURES_DIR = "figures"
 GRADCAM_DIR = "gradcam"
 DROPPED_ROWS_FILE = "dropped_rows.csv"
@@ -61,11 +63,19 @@ NOT_IN_RUN_ID = (
     "track",
     "tta",
     "temperature_scaling",
+    "screening_sensitivity",
     "external_dir",
 )
 
 # What may change after training: how to evaluate, and where the data lies on this machine.
-EVALUATION_SETTINGS = ("tta", "temperature_scaling", "external_dir", "batch_size", *MACHINE_PATHS)
+EVALUATION_SETTINGS = (
+    "tta",
+    "temperature_scaling",
+    "screening_sensitivity",
+    "external_dir",
+    "batch_size",
+    *MACHINE_PATHS,
+)
 
 
 def run_id(params: Params) -> str:
@@ -161,10 +171,52 @@ class Evaluation:
         }
         write_atomic(self.calibration_file, json.dumps(record, indent=2) + "\n")
 
+    @property
+    def operating_points_file(self) -> Path:
+        return self.root / OPERATING_POINTS_FILE
+
+    def write_operating_points(
+        self,
+        target_sensitivity: float,
+        thresholds: dict[int, dict[str, float | None]],
+        calibrated: bool,
+        n_images: int,
+    ) -> None:
+        """Store the screening thresholds chosen on the validation split for each TTA view
+        count, on the probabilities shown to a reader (calibrated when ``calibrated``)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        record = {
+            "model": self.model,
+            "fitted_on": "val",
+            "n_images": n_images,
+            "target_sensitivity": target_sensitivity,
+            "calibrated": calibrated,
+            "thresholds_by_views": {str(v): t for v, t in sorted(thresholds.items())},
+        }
+        write_atomic(self.operating_points_file, json.dumps(record, indent=2) + "\n")
+
     def temperature(self, views: int) -> float | None:
         """The temperature for outputs averaged over ``views`` TTA views, or None when this
         model has no calibration. A temperature fitted for other outputs is refused."""
-        path = self.calibration_file
+        fitted = self._for_views(self.calibration_file, "temperature_by_views", views)
+        return None if fitted is None else float(fitted)
+
+    def operating_points(self, views: int) -> dict[str, Any] | None:
+        """The screening thresholds for ``views``-view outputs (``melanoma``, ``high_risk``,
+        ``target_sensitivity``, ``calibrated``), or None when the model has none."""
+        thresholds = self._for_views(self.operating_points_file, "thresholds_by_views", views)
+        if thresholds is None:
+            return None
+        record = json.loads(self.operating_points_file.read_text())
+        return {
+            **thresholds,
+            "target_sensitivity": record["target_sensitivity"],
+            "calibrated": record["calibrated"],
+        }
+
+    def _for_views(self, path: Path, key: str, views: int) -> Any:
+        """The entry for ``views`` of a file fitted on validation outputs; refused when it
+        was fitted for another model or other outputs."""
         if not path.is_file():
             return None
         record = json.loads(path.read_text())
@@ -173,14 +225,14 @@ class Evaluation:
                 f"{path} was fitted for the {record.get('model')!r} model, not {self.model!r}; "
                 f"run `python -m ham_utils evaluate --which {self.model}` again"
             )
-        fitted = record.get("temperature_by_views", {})
+        fitted = record.get(key, {})
         if str(views) not in fitted:
             raise DataError(
-                f"{path} holds temperatures for {sorted(int(v) for v in fitted)}-view outputs, "
+                f"{path} holds values for {sorted(int(v) for v in fitted)}-view outputs, "
                 f"not the {views}-view outputs used here; run `python -m ham_utils evaluate "
                 f"--which {self.model}` again"
             )
-        return float(fitted[str(views)])
+        return fitted[str(views)]
 
 
 def evaluation_at(run_dir: Path, which: str = "best") -> Evaluation:

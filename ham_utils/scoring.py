@@ -95,6 +95,80 @@ def sensitivity_at_specificity(
     return result
 
 
+def threshold_for_sensitivity(
+    positive: np.ndarray, scores: np.ndarray, target: float
+) -> float | None:
+    """The highest threshold whose sensitivity (positive when ``score >= threshold``) on these
+    cases reaches ``target``: the ceil(target x positives)-th highest positive score. Chosen
+    on the validation split, then applied unchanged to test. None without positives."""
+    positive = np.asarray(positive).astype(bool).ravel()
+    ranked = np.sort(np.asarray(scores, dtype=np.float64).ravel()[positive])[::-1]
+    if not len(ranked):
+        return None
+    needed = max(1, math.ceil(target * len(ranked) - 1e-9))
+    return float(ranked[needed - 1])
+
+
+def operating_point(
+    positive: np.ndarray, scores: np.ndarray, threshold: float
+) -> dict[str, float | None]:
+    """Sensitivity, specificity and cases flagged per 100 when ``score >= threshold``."""
+    positive = np.asarray(positive).astype(bool).ravel()
+    flagged = np.asarray(scores, dtype=np.float64).ravel() >= threshold
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    return {
+        "threshold": float(threshold),
+        "sensitivity": float((flagged & positive).sum() / n_pos) if n_pos else None,
+        "specificity": float((~flagged & ~positive).sum() / n_neg) if n_neg else None,
+        "flagged_per_100": float(100 * flagged.mean()) if len(flagged) else None,
+    }
+
+
+def risk_coverage(y_true: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+    """Selective prediction: the most confident ``k`` cases kept (top-class probability),
+    the rest set aside, for every ``k``. Columns: coverage, accuracy, balanced_accuracy (mean
+    recall over the classes present among the kept cases)."""
+    y_true, probs = _check(y_true, probs)
+    order = np.argsort(-probs.max(axis=1), kind="stable")
+    y, predicted = y_true[order], probs[order].argmax(axis=1)
+    k = probs.shape[1]
+    truth = np.eye(k)[y]
+    hits = np.cumsum(truth * (predicted == y)[:, None], axis=0)
+    support = np.cumsum(truth, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, hits / np.where(support > 0, support, 1), np.nan)
+        balanced = np.nansum(recall, axis=1) / (support > 0).sum(axis=1)
+    kept = np.arange(1, len(y) + 1)
+    return pd.DataFrame(
+        {
+            "coverage": kept / len(y),
+            "accuracy": np.cumsum(predicted == y) / kept,
+            "balanced_accuracy": balanced,
+        }
+    )
+
+
+SELECTIVE_COVERAGES = (0.8, 0.9)
+
+
+def selective_summary(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """Area under the risk-coverage curve (risk = 1 - accuracy, and 1 - balanced accuracy;
+    lower is better) and accuracy and balanced accuracy at 80% and 90% coverage."""
+    curve = risk_coverage(y_true, probs)
+    at = {}
+    for coverage in SELECTIVE_COVERAGES:
+        row = curve.iloc[max(0, math.ceil(coverage * len(curve)) - 1)]
+        at[f"{coverage:.2f}"] = {
+            "accuracy": float(row["accuracy"]),
+            "balanced_accuracy": float(row["balanced_accuracy"]),
+        }
+    return {
+        "aurc": float((1 - curve["accuracy"]).mean()),
+        "aurc_balanced": float((1 - curve["balanced_accuracy"]).mean()),
+        "at_coverage": at,
+    }
+
+
 def reliability_table(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> pd.DataFrame:
     """Top-class confidence vs accuracy in ``bins`` equal-width bins over [0, 1].
 
@@ -235,8 +309,10 @@ def evaluation_metrics(
     Predictions are the argmax. Balanced accuracy is the mean recall over classes present
     in ``y_true`` (ISIC 2018); macro/weighted F1 average over the classes that occur in the
     labels or the predictions (scikit-learn's default). ``macro_roc_auc`` is the mean
-    one-vs-rest AUC over classes with both positives and negatives. ``melanoma`` reports the
-    ``positive`` class at the argmax and at fixed specificities on its probability.
+    one-vs-rest AUC over classes with both positives and negatives, and
+    ``macro_average_precision`` the mean average precision over classes with positives.
+    ``melanoma`` reports the ``positive`` class at the argmax and at fixed specificities on
+    its probability.
     """
     y_true, probs = _check(y_true, probs)
     classes = list(classes)
@@ -249,6 +325,7 @@ def evaluation_metrics(
     predicted = probs.argmax(axis=1)
     per_class = _per_class(y_true, probs, classes)
     aucs = [c["roc_auc"] for c in per_class.values() if c["roc_auc"] is not None]
+    aps = [c["average_precision"] for c in per_class.values() if c["average_precision"] is not None]
     with warnings.catch_warnings():
         # "y_pred contains classes not in y_true": those classes are left out, as intended.
         warnings.simplefilter("ignore", UserWarning)
@@ -261,6 +338,7 @@ def evaluation_metrics(
         "macro_f1": f1_score(y_true, predicted, average="macro", zero_division=0),
         "weighted_f1": f1_score(y_true, predicted, average="weighted", zero_division=0),
         "macro_roc_auc": float(np.mean(aucs)) if aucs else None,
+        "macro_average_precision": float(np.mean(aps)) if aps else None,
         "per_class": per_class,
         "melanoma": _melanoma(y_true, probs, classes.index(positive)),
         "ece": expected_calibration_error(y_true, probs),

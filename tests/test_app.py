@@ -181,6 +181,9 @@ def test_performance_page_shows_metrics_and_figures(tiny_run, tmp_path, monkeypa
         "ece_after_temperature": 0.05,
         "temperature": 0.71,
         "source": "the run's test split",
+        "uncertainty": {
+            "intervals": {"balanced_accuracy": [0.58, 0.64], "melanoma_sensitivity": [0.3, 0.6]}
+        },
     }
     evaluation.metrics_file().write_text(json.dumps(metrics))
     external = {**metrics, "n_images": 45, "source": "ISIC 2018 Task 3 ground truth gt.csv"}
@@ -203,7 +206,10 @@ def test_performance_page_shows_metrics_and_figures(tiny_run, tmp_path, monkeypa
         "Accuracy": "0.710",
     }
     assert [s.value for s in at.subheader] == ["Test split: 123 images", "External set: 45 images"]
-    assert any("sensitivity 0.460" in m for m in texts(at.markdown))
+    assert any(
+        "sensitivity 0.460 [0.300, 0.600] at specificity 0.900" in m for m in texts(at.markdown)
+    )
+    assert "95% interval [0.580, 0.640]" in texts(at.caption)
     assert any("SYNTHETIC" in e for e in texts(at.error))
     captions = texts(at.caption)
     assert any("ISIC 2018 Task 3 ground truth gt.csv" in c for c in captions), captions

@@ -147,6 +147,35 @@ def test_a_temperature_fitted_for_other_outputs_is_refused(tiny_run, tmp_path, p
         Predictor(run, "last", model=predictor.explainer.model)
 
 
+def test_the_risk_level_follows_the_validation_threshold_on_the_high_risk_probability(
+    tiny_run, tmp_path, predictor
+):
+    """A prediction whose top class is low-risk but whose high-risk probability reaches the
+    threshold chosen on validation is shown as high risk, and says so as a research output."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    for seed in range(40):  # an image whose top class alone would not say "high"
+        data = encode(Image.fromarray(lesion(seed=seed)), "PNG")
+        raw = predictor.predict(data)
+        if raw.predicted not in ("mel", "bcc"):
+            break
+    assert raw.predicted not in ("mel", "bcc") and raw.risk != "high"
+    assert raw.operating_points is None and raw.as_record()["screening"] is None
+    high = raw.risk_probabilities()["high"]
+    mel = float(raw.probabilities[list(raw.classes).index("mel")])
+    evaluation = open_run(run_dir).evaluation("best")
+    below = {"melanoma": mel + 0.01, "high_risk": high + 0.01}
+    above = {"melanoma": mel - 0.01, "high_risk": high - 0.01}
+    for thresholds, expected in ((below, raw.risk), (above, "high")):
+        evaluation.write_operating_points(0.9, {1: thresholds, 2: below}, False, n_images=10)
+        shown = Predictor(open_run(run_dir), model=predictor.explainer.model).predict(data)
+        assert shown.risk == expected
+        screening = shown.as_record()["screening"]
+        assert screening["melanoma"]["above"] is (thresholds is above)
+        assert screening["high_risk"]["threshold"] == pytest.approx(thresholds["high_risk"])
+        assert "not a diagnosis or advice" in screening["note"] and "90%" in screening["note"]
+
+
 def test_predict_paths_reports_each_bad_file_and_never_overwrites_overlays(predictor, tmp_path):
     folder = tmp_path / "images"
     (folder / "more").mkdir(parents=True)

@@ -99,6 +99,27 @@ def test_metrics_have_every_key_with_values_in_range(report):
         assert point["specificity"] >= float(target) - 1e-9
     assert metrics["synthetic_data"] is True and metrics["tta_views"] == 2
     assert metrics["model"] == "best"
+    uncertainty = metrics["uncertainty"]
+    assert uncertainty["resamples"] == 1000 and uncertainty["unit"].startswith("image")
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc", "ece"):
+        low, high = uncertainty["intervals"][key]
+        assert low <= metrics[key] <= high and high - low > 0.01, key
+    points = metrics["operating_points"]
+    assert points["target_sensitivity"] == 0.9
+    for name in ("melanoma", "high_risk"):
+        assert 0 <= points[name]["threshold"] <= 1 and _in_unit_interval(
+            points[name]["sensitivity"]
+        )
+        low, high = uncertainty["intervals"][f"screening_{name}_flagged_per_100"]
+        assert low <= points[name]["flagged_per_100"] <= high
+    stored = json.loads(evaluation.operating_points_file.read_text())["thresholds_by_views"]
+    assert stored["2"]["melanoma"] == pytest.approx(points["melanoma"]["threshold"])
+    assert set(stored) == {"1", "2"}
+    subgroups = {(r["variable"], r["subgroup"]): r for r in metrics["subgroups"]}
+    assert sum(r["images"] for (v, _), r in subgroups.items() if v == "sex") == metrics["n_images"]
+    assert (evaluation.figures_dir() / "subgroups.png").stat().st_size > 10_000
+    selective = metrics["selective"]
+    assert selective["at_coverage"]["0.80"]["accuracy"] >= metrics["accuracy"] - 0.02
     assert metrics["temperature"] > 0
     matrix = np.array(metrics["confusion_matrix"])
     predictions = pd.read_csv(evaluation.predictions_file())
@@ -217,7 +238,8 @@ def test_a_run_moved_to_another_machine_is_evaluated_explained_and_used(report, 
         image = next(data.rglob("*.jpg"))
         predicted = run_cli(laptop, "predict", "--run", str(moved), str(image))
         assert predicted.returncode == 0, predicted.stderr[-3000:]
-        assert json.loads(predicted.stdout.splitlines()[-1])["calibrated"] is True
+        record = json.loads(predicted.stdout.splitlines()[-1])
+        assert record["calibrated"] is True and record["screening"]["melanoma"]["threshold"]
     finally:
         away.rename(root)
 

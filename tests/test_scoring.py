@@ -168,3 +168,33 @@ def test_temperature_scaling_recovers_a_known_temperature():
     np.testing.assert_allclose(calibrated.sum(axis=1), 1)
     np.testing.assert_array_equal(calibrated.argmax(1), overconfident.argmax(1))
     assert expected_calibration_error(y, calibrated) < expected_calibration_error(y, overconfident)
+
+
+def test_the_screening_threshold_is_the_highest_that_reaches_the_sensitivity():
+    from ham_utils.scoring import operating_point, threshold_for_sensitivity
+
+    positive = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0], dtype=bool)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.6, 0.3, 0.1, 0.0])
+    # 9 of 10 positives needed: the 9th highest positive score.
+    assert threshold_for_sensitivity(positive, scores, 0.9) == 0.1
+    assert threshold_for_sensitivity(positive, scores, 0.85) == 0.1  # ceil(8.5) = 9
+    assert threshold_for_sensitivity(positive, scores, 0.8) == 0.2
+    assert threshold_for_sensitivity(~np.ones(3, bool), np.zeros(3), 0.9) is None
+    point = operating_point(positive, scores, 0.1)
+    assert point["sensitivity"] == 0.9 and point["specificity"] == 0.25  # 0.6, 0.3, 0.1 flagged
+    assert point["flagged_per_100"] == pytest.approx(100 * 12 / 14)
+
+
+def test_risk_coverage_keeps_the_most_confident_first():
+    from ham_utils.scoring import risk_coverage, selective_summary
+
+    # Four confident right answers, then two unsure wrong ones.
+    y = np.array([0, 1, 0, 1, 0, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.85, 0.15], [0.3, 0.7], [0.45, 0.55], [0.6, 0.4]])
+    curve = risk_coverage(y, probs)
+    assert curve["coverage"].tolist() == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1])
+    assert curve["accuracy"].tolist() == pytest.approx([1, 1, 1, 1, 0.8, 4 / 6])
+    assert curve["balanced_accuracy"].iloc[-1] == pytest.approx(4 / 6)
+    summary = selective_summary(y, probs)
+    assert summary["at_coverage"]["0.80"]["accuracy"] == pytest.approx(0.8)  # 5 of 6 kept
+    assert summary["aurc"] == pytest.approx(np.mean([0, 0, 0, 0, 0.2, 1 / 3]))
