@@ -19,6 +19,7 @@ from ham_utils.bootstrap import with_interval
 from ham_utils.config import CLASS_DESCRIPTIONS, CLASS_NAMES, RISK_GROUPS, RISK_OF_CLASS
 from ham_utils.errors import DataError
 from ham_utils.images import IMAGE_SUFFIXES
+from ham_utils.ood import OOD_MESSAGE
 from ham_utils.predict import Prediction, Predictor
 from ham_utils.runs import CURVES_FILE, EXTERNAL_SET, Run, list_runs, open_run
 
@@ -133,14 +134,22 @@ def show_prediction(run: Run, upload) -> None:
         prediction = predict_upload(str(run.path), data, upload.name, None)
     ranked = prediction.ranked()
     level = prediction.risk
-    st.markdown(
-        f"### Risk level: :{_colour_name(level)}[{level.upper()}]\n"
-        f"Most probable: **{CLASS_NAMES[prediction.predicted]}** ({prediction.predicted}), "
-        f"{ranked[0][1]:.1%}. Probability of the high-risk group (melanoma, basal cell "
-        f"carcinoma): {prediction.risk_probabilities()['high']:.1%}."
-    )
+    if level is None:  # flagged by the out-of-distribution check
+        st.warning(
+            f"{upload.name}: {OOD_MESSAGE}. Its distance to the training images' features "
+            f"({prediction.ood_score:.0f}) is above the threshold set on the run's validation "
+            f"lesions ({prediction.ood_threshold:.0f}). The probabilities below are shown for "
+            "study only."
+        )
+    else:
+        st.markdown(
+            f"### Risk level: :{_colour_name(level)}[{level.upper()}]\n"
+            f"Most probable: **{CLASS_NAMES[prediction.predicted]}** ({prediction.predicted}), "
+            f"{ranked[0][1]:.1%}. Probability of the high-risk group (melanoma, basal cell "
+            f"carcinoma): {prediction.risk_probabilities()['high']:.1%}."
+        )
     screening = prediction.screening()
-    if screening is not None:
+    if screening is not None and level is not None:
         melanoma = screening["melanoma"]
         if melanoma["threshold"] is not None:
             side = "above" if melanoma["above"] else "below"

@@ -173,6 +173,8 @@ class Params:
     temperature_scaling: bool = True  # fitted on validation, applied to test
     # Melanoma (and high-risk) screening threshold: chosen on validation for this sensitivity.
     screening_sensitivity: float = 0.90
+    # Share of validation lesions the out-of-distribution check flags (sets its threshold).
+    ood_flag_rate: float = 0.05
     external_dir: str = ""  # ISIC 2018 Task 3 ground truth CSV (or its folder) to evaluate
     # --- runtime ---
     mixed_precision: str = "auto"  # auto (on with a GPU) | off | mixed_float16 | mixed_bfloat16
@@ -206,6 +208,10 @@ class Params:
             raise ParamsError(
                 f"screening_sensitivity must lie strictly between 0 and 1, got "
                 f"{self.screening_sensitivity}"
+            )
+        if not 0 < self.ood_flag_rate < 0.5:
+            raise ParamsError(
+                f"ood_flag_rate must lie strictly between 0 and 0.5, got {self.ood_flag_rate}"
             )
         if self.tta not in TTA_VIEWS:
             raise ParamsError(f"tta must be one of {TTA_VIEWS} views, got {self.tta}")

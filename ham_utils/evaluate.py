@@ -211,6 +211,8 @@ class Fitted:
     temperature: float | None
     thresholds: dict[str, float | None]
     target_sensitivity: float
+    ood: Any = None  # ham_utils.ood.OodDetector
+    features: Any = None  # ham_utils.ood.FeatureExtractor of the model
 
 
 def high_risk_probability(probs: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
@@ -264,9 +266,32 @@ def fit_on_validation(
     evaluation.write_operating_points(
         params.screening_sensitivity, thresholds, bool(temperatures), len(val.labels)
     )
+    extractor, detector = _fit_ood(model, run, evaluation, val, progress)
     return Fitted(
-        temperatures.get(params.tta), thresholds[params.tta], params.screening_sensitivity
+        temperatures.get(params.tta),
+        thresholds[params.tta],
+        params.screening_sensitivity,
+        detector,
+        extractor,
     )
+
+
+def _fit_ood(
+    model: Any, run: Run, evaluation: Evaluation, val: EvaluationSet, progress: bool
+) -> tuple[Any, Any]:
+    """The out-of-distribution detector: fitted on (at most 3,000) training images' features,
+    its threshold set to flag ``ood_flag_rate`` of the validation images; saved."""
+    from ham_utils.ood import FeatureExtractor, fit_detector, fit_subset
+
+    params = run.params
+    extractor = FeatureExtractor(model)
+    train = _split_set(run, "train", evaluation.root, progress)
+    subset = fit_subset(len(train.labels), params.seed)
+    train_features = extractor.features(train.images[subset], params.batch_size)
+    val_features = extractor.features(val.images, params.batch_size)
+    detector = fit_detector(train_features, val_features, params.ood_flag_rate)
+    detector.save(evaluation.ood_file)
+    return extractor, detector
 
 
 def _operating_points(
@@ -318,6 +343,13 @@ def _evaluate_set(
     metrics["operating_points"] = points
     metrics["uncertainty"]["intervals"].update(intervals)
     metrics["selective"] = selective_summary(data.labels, probs)
+    if fitted.ood is not None:
+        flagged = fitted.ood.flags(fitted.features.features(data.images, params.batch_size))
+        metrics["out_of_distribution"] = {
+            "flag_rate_on_validation": fitted.ood.flag_rate,
+            "threshold": fitted.ood.threshold,
+            "flagged": float(flagged.mean()),
+        }
     subgroups = None
     if data.metadata is not None:
         from ham_utils.subgroups import as_records, subgroup_table
@@ -367,7 +399,11 @@ def evaluate_run(
     truth CSV or its folder; default the run's ``external_dir``). Returns metrics by set."""
     evaluation = run.evaluation(which)
     model = run.load_model(which)
-    for stale in (evaluation.calibration_file, evaluation.operating_points_file):
+    for stale in (
+        evaluation.calibration_file,
+        evaluation.operating_points_file,
+        evaluation.ood_file,
+    ):
         stale.unlink(missing_ok=True)  # never leave one of another setting
     fitted = fit_on_validation(model, run, evaluation, progress)
     test = _split_set(run, "test", evaluation.root, progress)
@@ -376,4 +412,7 @@ def evaluate_run(
     if external:
         data = _external_set(run, external, evaluation, progress)
         results[EXTERNAL_SET] = _evaluate_set(model, run, which, data, fitted, progress)
+    from ham_utils.model_card import write_model_card
+
+    log.info("model card: %s", write_model_card(run, which))
     return results

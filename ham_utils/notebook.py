@@ -236,3 +236,14 @@ def subgroup_summary(metrics: dict[str, Any]) -> pd.DataFrame:
         }
     )
     return shown.set_index(pd.MultiIndex.from_frame(table[["variable", "subgroup"]]))
+
+
+def ood_summary(metrics: dict[str, Any]) -> str:
+    """One sentence on the out-of-distribution check of an evaluated set."""
+    ood = metrics.get("out_of_distribution")
+    if not ood:
+        return "no out-of-distribution check was fitted"
+    return (
+        f"The check's threshold ({ood['threshold']:.1f}) flags {ood['flag_rate_on_validation']:.0%}"
+        f" of the validation lesions by construction; on this set it flags {ood['flagged']:.1%}."
+    )

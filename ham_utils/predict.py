@@ -20,6 +20,7 @@ import numpy as np
 
 from ham_utils.config import CLASS_NAMES, RISK_GROUPS, RISK_OF_CLASS
 from ham_utils.errors import DataError
+from ham_utils.ood import OOD_MESSAGE, FeatureExtractor, OodDetector
 from ham_utils.runs import Run
 
 RISK_LEVELS: tuple[str, ...] = tuple(RISK_GROUPS)  # high, moderate, low
@@ -40,16 +41,30 @@ class Prediction:
     # Screening thresholds chosen on validation (ham_utils.runs.Evaluation.operating_points):
     # "melanoma", "high_risk", "target_sensitivity"; None when the model has none.
     operating_points: dict[str, Any] | None = None
+    # The out-of-distribution check (ham_utils.ood): the image's score and the threshold;
+    # None when the model has no detector.
+    ood_score: float | None = None
+    ood_threshold: float | None = None
+
+    @property
+    def out_of_distribution(self) -> bool | None:
+        """Whether the image looks unlike the training images (None: no detector)."""
+        if self.ood_score is None or self.ood_threshold is None:
+            return None
+        return self.ood_score > self.ood_threshold
 
     @property
     def predicted(self) -> str:
         return self.classes[int(np.argmax(self.probabilities))]
 
     @property
-    def risk(self) -> str:
+    def risk(self) -> str | None:
         """Risk group (:data:`ham_utils.config.RISK_GROUPS`): high when the most probable class
         is high-risk or the high-risk group's probability reaches the threshold chosen on
-        validation; otherwise the group of the most probable class."""
+        validation; otherwise the group of the most probable class. None for an image the
+        out-of-distribution check flags: the model should not judge it."""
+        if self.out_of_distribution:
+            return None
         if self.above_threshold("high_risk"):
             return "high"
         return RISK_OF_CLASS[self.predicted]
@@ -114,7 +129,14 @@ class Prediction:
             "risk_probabilities": {k: round(v, 6) for k, v in self.risk_probabilities().items()},
             "calibrated": self.temperature is not None,
             "screening": self.screening(),
-        }
+            "out_of_distribution": None
+            if self.ood_score is None
+            else {
+                "flagged": bool(self.out_of_distribution),
+                "score": round(self.ood_score, 3),
+                "threshold": round(self.ood_threshold, 3),
+            },
+        } | ({"warning": OOD_MESSAGE} if self.out_of_distribution else {})
 
 
 # predict and the app classify each image as it is, without test-time augmentation.
@@ -136,13 +158,19 @@ class Predictor:
         self.run = run
         self.explainer = RunExplainer(run, which, model)
         self.temperature = run_temperature(run, which)
-        self.operating_points = run.evaluation(which).operating_points(PREDICT_VIEWS)
+        evaluation = run.evaluation(which)
+        self.operating_points = evaluation.operating_points(PREDICT_VIEWS)
+        self.ood = OodDetector.load(evaluation.ood_file)
+        self.features = FeatureExtractor(self.explainer.model) if self.ood else None
 
     def warm_up(self) -> None:
         """Trace the model and its Grad-CAM on a blank image (some seconds), so that the
         first real prediction is as fast as the ones after it."""
         size = self.run.params.image_size
-        self.explainer.explain(np.zeros((size, size, 3), dtype="uint8"))
+        blank = np.zeros((size, size, 3), dtype="uint8")
+        self.explainer.explain(blank)
+        if self.features is not None:
+            self.features.features(blank[None])
 
     def predict(
         self,
@@ -173,6 +201,11 @@ class Predictor:
         index = None if explain_class is None else classes.index(explain_class)
         result = self.explainer.explain(pixels, index)
         probabilities = result.probabilities.astype("float64")
+        ood_score = (
+            None
+            if self.ood is None
+            else float(self.ood.scores(self.features.features(pixels[None]))[0])
+        )
         if self.temperature is not None:
             probabilities = apply_temperature(probabilities[None], self.temperature)[0]
         return Prediction(
@@ -184,6 +217,8 @@ class Predictor:
             display=display,
             temperature=self.temperature,
             operating_points=self.operating_points,
+            ood_score=ood_score,
+            ood_threshold=None if self.ood is None else self.ood.threshold,
         )
 
 

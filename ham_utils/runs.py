@@ -9,7 +9,7 @@ spelled once::
         best.keras  last.keras  checkpoints/          (checkpoints: while training)
         evaluation/<model>/                           (model: best or last)
             metrics.json  predictions.csv  calibration.json  operating_points.json
-            figures/  gradcam/
+            ood.npz  MODEL_CARD.md  figures/  gradcam/
             external/  metrics.json  predictions.csv  figures/  dropped_rows.csv
 
 ``splits.csv`` holds image paths relative to the data folder, so a run trained on one
@@ -50,6 +50,7 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 CALIBRATION_FILE = "calibration.json"
 OPERATING_POINTS_FILE = "operating_points.json"
+OOD_FILE = "ood.npz"
 FIGURES_DIR = "figures"
 GRADCAM_DIR = "gradcam"
 DROPPED_ROWS_FILE = "dropped_rows.csv"
@@ -64,6 +65,7 @@ NOT_IN_RUN_ID = (
     "tta",
     "temperature_scaling",
     "screening_sensitivity",
+    "ood_flag_rate",
     "external_dir",
 )
 
@@ -72,6 +74,7 @@ EVALUATION_SETTINGS = (
     "tta",
     "temperature_scaling",
     "screening_sensitivity",
+    "ood_flag_rate",
     "external_dir",
     "batch_size",
     *MACHINE_PATHS,
@@ -170,6 +173,11 @@ class Evaluation:
             "temperature_by_views": {str(v): t for v, t in sorted(temperatures.items())},
         }
         write_atomic(self.calibration_file, json.dumps(record, indent=2) + "\n")
+
+    @property
+    def ood_file(self) -> Path:
+        """The out-of-distribution detector fitted for this model (:mod:`ham_utils.ood`)."""
+        return self.root / OOD_FILE
 
     @property
     def operating_points_file(self) -> Path:

@@ -176,6 +176,32 @@ def test_the_risk_level_follows_the_validation_threshold_on_the_high_risk_probab
         assert "not a diagnosis or advice" in screening["note"] and "90%" in screening["note"]
 
 
+def test_an_image_the_ood_check_flags_gets_a_warning_instead_of_a_risk_level(
+    tiny_run, tmp_path, predictor
+):
+    from dataclasses import replace
+
+    from ham_utils.ood import OOD_MESSAGE, FeatureExtractor, fit_detector
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    run = open_run(run_dir)
+    extractor = FeatureExtractor(predictor.explainer.model)
+    size = run.params.image_size
+    images = np.stack([lesion(size, size, seed=s) for s in range(60)])
+    detector = fit_detector(extractor.features(images[:40]), extractor.features(images[40:]), 0.1)
+    data = encode(Image.fromarray(lesion(seed=9)), "PNG")
+    for threshold, flagged in ((np.inf, False), (-1.0, True)):
+        replace(detector, threshold=threshold).save(run.evaluation("best").ood_file)
+        shown = Predictor(run, model=predictor.explainer.model).predict(data)
+        record = shown.as_record()
+        assert record["out_of_distribution"]["flagged"] is flagged
+        assert (record["risk"] is None) is flagged and (
+            record.get("warning") == OOD_MESSAGE
+        ) is flagged
+    assert predictor.predict(data).as_record()["out_of_distribution"] is None  # no detector
+
+
 def test_predict_paths_reports_each_bad_file_and_never_overwrites_overlays(predictor, tmp_path):
     folder = tmp_path / "images"
     (folder / "more").mkdir(parents=True)

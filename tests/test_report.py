@@ -118,6 +118,8 @@ def test_metrics_have_every_key_with_values_in_range(report):
     subgroups = {(r["variable"], r["subgroup"]): r for r in metrics["subgroups"]}
     assert sum(r["images"] for (v, _), r in subgroups.items() if v == "sex") == metrics["n_images"]
     assert (evaluation.figures_dir() / "subgroups.png").stat().st_size > 10_000
+    card = (evaluation.root / "MODEL_CARD.md").read_text()
+    assert "SYNTHETIC" in card and f"{metrics['balanced_accuracy']:.3f} [" in card
     selective = metrics["selective"]
     assert selective["at_coverage"]["0.80"]["accuracy"] >= metrics["accuracy"] - 0.02
     assert metrics["temperature"] > 0

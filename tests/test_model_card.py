@@ -1,0 +1,65 @@
+"""The model card is generated from the run's files: its figures are the evaluation's."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ham_utils.bootstrap import bootstrap_intervals, with_interval
+from ham_utils.config import CLASSES
+from ham_utils.model_card import NOT_A_DEVICE, model_card, write_model_card
+from ham_utils.runs import open_run
+from ham_utils.scoring import evaluation_metrics
+from ham_utils.subgroups import as_records, subgroup_table
+
+
+def _evaluated(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, len(CLASSES), 240)
+    probs = rng.dirichlet(np.ones(len(CLASSES)), 240)
+    probs[np.arange(240), y] += 1.0
+    probs /= probs.sum(axis=1, keepdims=True)
+    metrics = evaluation_metrics(y, probs)
+    metrics["uncertainty"] = bootstrap_intervals(y, probs)
+    metadata = pd.DataFrame(
+        {"sex": np.where(np.arange(240) < 200, "male", "female"), "age": 50.0,
+         "localization": "back", "dx_type": "histo"}
+    )  # fmt: skip
+    metrics["subgroups"] = as_records(subgroup_table(metadata, y, probs))
+    metrics.update(source="the run's test split", tta_views=2, temperature=None)
+    run = open_run(run_dir)
+    evaluation = run.evaluation("best")
+    evaluation.root.mkdir(parents=True)
+    evaluation.metrics_file().write_text(json.dumps(metrics))
+    return run, metrics
+
+
+def test_the_card_carries_the_evaluations_figures_and_the_disclaimers(tiny_run, tmp_path):
+    run, metrics = _evaluated(tiny_run, tmp_path)
+    card = model_card(run)
+    interval = metrics["uncertainty"]["intervals"]["balanced_accuracy"]
+    assert (
+        f"| balanced accuracy | {with_interval(metrics['balanced_accuracy'], interval)} |" in card
+    )
+    assert card.count(NOT_A_DEVICE) == 2 and "SYNTHETIC" in card
+    assert "240 images: the run's test split. 2 test-time view(s)" in card
+    assert "Too small to read (under 30 images)" not in card  # 200 and 40 images
+    assert "lowest for sex" in card and "No temperature scaling" in card
+    path = write_model_card(run)
+    assert path.read_text() == card and path.name == "MODEL_CARD.md"
+
+
+def test_the_card_follows_the_files_not_a_template(tiny_run, tmp_path):
+    run, metrics = _evaluated(tiny_run, tmp_path)
+    metrics["balanced_accuracy"] = 0.123456
+    run.evaluation("best").metrics_file().write_text(json.dumps(metrics))
+    assert "| balanced accuracy | 0.123 [" in model_card(run)
+
+
+def test_no_card_before_an_evaluation(tiny_run):
+    with pytest.raises(FileNotFoundError, match="evaluate --which last"):
+        model_card(open_run(tiny_run), "last")

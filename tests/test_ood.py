@@ -1,0 +1,83 @@
+"""The out-of-distribution check: its threshold flags the share of validation images it is
+set to, and it flags photographs that are not lesions, noise and flat colours."""
+
+import numpy as np
+import pytest
+import skimage.data
+
+from ham_utils.ood import FeatureExtractor, OodDetector, fit_detector, stage_layers
+
+SIZE = 64
+
+
+def test_the_threshold_flags_the_share_of_validation_images_it_is_set_to(tmp_path):
+    rng = np.random.default_rng(0)
+    train = [rng.normal(0, 1, (500, 8)), rng.normal(5, 2, (500, 4))]
+    val = [rng.normal(0, 1, (400, 8)), rng.normal(5, 2, (400, 4))]
+    detector = fit_detector(train, val, flag_rate=0.05)
+    assert detector.flags(val).mean() == pytest.approx(0.05, abs=1 / 400)
+    far = [np.full((3, 8), 6.0), np.full((3, 4), 5.0)]  # far in the first layer only
+    assert detector.flags(far).all()
+    detector.save(tmp_path / "ood.npz")
+    again = OodDetector.load(tmp_path / "ood.npz")
+    np.testing.assert_allclose(again.scores(val), detector.scores(val))
+    assert OodDetector.load(tmp_path / "missing.npz") is None
+
+
+def _lesions(n: int, seed: int) -> np.ndarray:
+    from PIL import Image
+
+    from ham_utils.config import CLASSES
+    from ham_utils.images import resize_square
+    from ham_utils.synthetic import render_lesion_image
+
+    rng = np.random.default_rng(seed)
+    return np.stack([
+        resize_square(Image.fromarray(render_lesion_image(CLASSES[i % 7], rng, 200, 150)), SIZE)
+        for i in range(n)
+    ])  # fmt: skip
+
+
+def _not_lesions() -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    from ham_utils.images import resize_square
+
+    photos = {
+        name: getattr(skimage.data, name)()
+        for name in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "brick")
+    }
+    rng = np.random.default_rng(1)
+    photos["noise"] = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    for name, colour in {"black": 0, "white": 255, "grey": 128, "skin": (220, 180, 150)}.items():
+        photos[f"flat {name}"] = np.full((150, 200, 3), colour, dtype=np.uint8)
+    out = {}
+    for name, image in photos.items():
+        rgb = np.stack([image] * 3, -1) if image.ndim == 2 else image[..., :3]
+        out[name] = resize_square(Image.fromarray(rgb.astype(np.uint8)), SIZE)
+    return out
+
+
+def test_photographs_noise_and_flat_colours_are_flagged(tiny_lite_run):
+    """EfficientNet-Lite0's ImageNet features, the detector fitted on synthetic lesions."""
+    from ham_utils.runs import open_run
+
+    model = open_run(tiny_lite_run).load_model()
+    extractor = FeatureExtractor(model)
+    assert [layer.name for layer in extractor.layers][-1] == "top_activation"
+    assert len(extractor.layers) >= 6  # the stem, the stages, the top
+    detector = fit_detector(
+        extractor.features(_lesions(240, seed=0)), extractor.features(_lesions(120, seed=1)), 0.05
+    )
+    others = _not_lesions()
+    flagged = detector.flags(extractor.features(np.stack(list(others.values()))))
+    assert flagged.all(), [name for name, f in zip(others, flagged, strict=True) if not f]
+    assert detector.flags(extractor.features(_lesions(120, seed=2))).mean() < 0.15
+
+
+def test_stage_layers_end_with_the_grad_cam_feature_map(tiny_run):
+    from ham_utils.runs import open_run
+
+    names = [layer.name for layer in stage_layers(open_run(tiny_run).load_model())]
+    assert names[0] == "stem_activation" and names[-1] == "top_activation"
+    assert len(names) == len(set(names))
