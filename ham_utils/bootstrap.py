@@ -281,3 +281,28 @@ def with_interval(value: float | None, interval: list[float] | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, float | None, list[float] | None]]:
+    """(label, value, 95% interval) of an evaluation's headline metrics, most telling first:
+    what the notebook's table and the model card show."""
+    melanoma = metrics["melanoma"]
+    intervals = metrics.get("uncertainty", {}).get("intervals", {})
+    rows = [
+        ("balanced accuracy (ISIC 2018 metric)", metrics["balanced_accuracy"], "balanced_accuracy"),
+        ("macro F1", metrics["macro_f1"], "macro_f1"),
+        ("macro ROC AUC (one-vs-rest)", metrics["macro_roc_auc"], "macro_roc_auc"),
+        ("macro average precision", metrics.get("macro_average_precision"),
+         "macro_average_precision"),
+        ("melanoma sensitivity", melanoma["sensitivity"], "melanoma_sensitivity"),
+        ("melanoma specificity", melanoma["specificity"], "melanoma_specificity"),
+        *(
+            (f"melanoma sensitivity at {float(t):.0%} specificity", point["sensitivity"],
+             f"melanoma_sensitivity_at_specificity_{t}")
+            for t, point in melanoma["sensitivity_at_specificity"].items()
+        ),
+        ("weighted F1", metrics["weighted_f1"], "weighted_f1"),
+        ("accuracy", metrics["accuracy"], "accuracy"),
+        ("expected calibration error", metrics["ece"], "ece"),
+    ]  # fmt: skip
+    return [(label, value, intervals.get(key)) for label, value, key in rows]

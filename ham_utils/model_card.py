@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ham_utils.bootstrap import with_interval
+from ham_utils.bootstrap import headline_rows, with_interval
 from ham_utils.runs import ENVIRONMENT_FILE, EXTERNAL_SET, SPLIT_INFO_FILE, Run
 
 MODEL_CARD_FILE = "MODEL_CARD.md"
@@ -29,20 +29,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _metric_rows(metrics: dict[str, Any]) -> list[str]:
-    intervals = metrics.get("uncertainty", {}).get("intervals", {})
-    melanoma = metrics["melanoma"]
-    rows = [
-        ("balanced accuracy", metrics["balanced_accuracy"], "balanced_accuracy"),
-        ("macro F1", metrics["macro_f1"], "macro_f1"),
-        ("macro ROC AUC", metrics["macro_roc_auc"], "macro_roc_auc"),
-        ("macro average precision", metrics.get("macro_average_precision"),
-         "macro_average_precision"),
-        ("melanoma sensitivity (argmax)", melanoma["sensitivity"], "melanoma_sensitivity"),
-        ("melanoma specificity (argmax)", melanoma["specificity"], "melanoma_specificity"),
-        ("accuracy", metrics["accuracy"], "accuracy"),
-        ("expected calibration error", metrics["ece"], "ece"),
-    ]  # fmt: skip
-    return [f"| {name} | {with_interval(v, intervals.get(key))} |" for name, v, key in rows]
+    return [f"| {label} | {with_interval(v, i)} |" for label, v, i in headline_rows(metrics)]
 
 
 def _evaluation_section(title: str, metrics: dict[str, Any]) -> list[str]:

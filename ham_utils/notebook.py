@@ -13,7 +13,7 @@ os.environ.setdefault("TQDM_MININTERVAL", "10")
 
 import pandas as pd
 
-from ham_utils.bootstrap import with_interval
+from ham_utils.bootstrap import headline_rows, with_interval
 from ham_utils.config import PARAMETER_NAMES, Params, ParamsError, load_params, resolve_path
 from ham_utils.errors import capture_warnings
 from ham_utils.report import FIGURES_DIR
@@ -129,28 +129,9 @@ def synthetic_warning(run: Run) -> None:
 def headline_table(metrics: dict[str, Any]) -> pd.DataFrame:
     """The headline metrics of one evaluated set, most telling first, each with its 95%
     bootstrap interval (lesions resampled, :mod:`ham_utils.bootstrap`)."""
-    melanoma = metrics["melanoma"]
-    at = melanoma["sensitivity_at_specificity"]
-    intervals = metrics.get("uncertainty", {}).get("intervals", {})
-    rows = [
-        ("balanced accuracy (ISIC 2018 metric)", metrics["balanced_accuracy"], "balanced_accuracy"),
-        ("macro F1", metrics["macro_f1"], "macro_f1"),
-        ("macro ROC AUC (one-vs-rest)", metrics["macro_roc_auc"], "macro_roc_auc"),
-        ("macro average precision", metrics.get("macro_average_precision"),
-         "macro_average_precision"),
-        ("melanoma sensitivity", melanoma["sensitivity"], "melanoma_sensitivity"),
-        ("melanoma specificity", melanoma["specificity"], "melanoma_specificity"),
-        *(
-            (f"melanoma sensitivity at {float(t):.0%} specificity", point["sensitivity"],
-             f"melanoma_sensitivity_at_specificity_{t}")
-            for t, point in at.items()
-        ),
-        ("weighted F1", metrics["weighted_f1"], "weighted_f1"),
-        ("accuracy", metrics["accuracy"], "accuracy"),
-        ("expected calibration error", metrics["ece"], "ece"),
-    ]  # fmt: skip
+    rows = headline_rows(metrics)
     table = pd.DataFrame(
-        {"value [95% interval]": [with_interval(v, intervals.get(key)) for _, v, key in rows]},
+        {"value [95% interval]": [with_interval(value, interval) for _, value, interval in rows]},
         index=[label for label, _, _ in rows],
     )
     table.index.name = f"{metrics['n_images']} images"

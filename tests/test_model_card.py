@@ -42,9 +42,8 @@ def test_the_card_carries_the_evaluations_figures_and_the_disclaimers(tiny_run, 
     run, metrics = _evaluated(tiny_run, tmp_path)
     card = model_card(run)
     interval = metrics["uncertainty"]["intervals"]["balanced_accuracy"]
-    assert (
-        f"| balanced accuracy | {with_interval(metrics['balanced_accuracy'], interval)} |" in card
-    )
+    value = with_interval(metrics["balanced_accuracy"], interval)
+    assert f"| balanced accuracy (ISIC 2018 metric) | {value} |" in card
     assert card.count(NOT_A_DEVICE) == 2 and "SYNTHETIC" in card
     assert "240 images: the run's test split. 2 test-time view(s)" in card
     assert "Too small to read (under 30 images)" not in card  # 200 and 40 images
@@ -57,7 +56,7 @@ def test_the_card_follows_the_files_not_a_template(tiny_run, tmp_path):
     run, metrics = _evaluated(tiny_run, tmp_path)
     metrics["balanced_accuracy"] = 0.123456
     run.evaluation("best").metrics_file().write_text(json.dumps(metrics))
-    assert "| balanced accuracy | 0.123 [" in model_card(run)
+    assert "| balanced accuracy (ISIC 2018 metric) | 0.123 [" in model_card(run)
 
 
 def test_no_card_before_an_evaluation(tiny_run):
