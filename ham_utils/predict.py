@@ -75,9 +75,15 @@ class Prediction:
         threshold = (self.operating_points or {}).get(name)
         if threshold is None:
             return None
-        by_class = dict(zip(self.classes, self.probabilities.tolist(), strict=True))
-        score = by_class["mel"] if name == "melanoma" else self.risk_probabilities()["high"]
-        return score >= threshold
+        return self.screening_scores()[name] >= threshold
+
+    def screening_scores(self) -> dict[str, float]:
+        """P(melanoma) and P(high-risk group), as evaluation scores them
+        (:func:`ham_utils.evaluate.screening_scores`)."""
+        from ham_utils.evaluate import screening_scores
+
+        scores = screening_scores(self.probabilities[None], self.classes)
+        return {name: float(values[0]) for name, values in scores.items()}
 
     def screening(self) -> dict[str, Any] | None:
         """The melanoma and high-risk scores against their thresholds, worded as what they
@@ -85,8 +91,7 @@ class Prediction:
         points = self.operating_points
         if points is None:
             return None
-        by_class = dict(zip(self.classes, self.probabilities.tolist(), strict=True))
-        scores = {"melanoma": by_class["mel"], "high_risk": self.risk_probabilities()["high"]}
+        scores = self.screening_scores()
         return {
             name: {
                 "probability": round(scores[name], 6),

@@ -163,16 +163,17 @@ class Evaluation:
         path = self.metrics_file(set_name)
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def _write_fitted(self, path: Path, n_images: int, **fields: Any) -> None:
+        """Write a record of what was fitted on the validation split for this model; the
+        model's name in it is what :meth:`_for_views` checks."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        record = {"model": self.model, "fitted_on": "val", "n_images": n_images, **fields}
+        write_atomic(path, json.dumps(record, indent=2) + "\n")
+
     def write_calibration(self, temperatures: dict[int, float], n_images: int) -> None:
         """Store the temperature fitted on the validation split for each TTA view count."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        record = {
-            "model": self.model,
-            "fitted_on": "val",
-            "n_images": n_images,
-            "temperature_by_views": {str(v): t for v, t in sorted(temperatures.items())},
-        }
-        write_atomic(self.calibration_file, json.dumps(record, indent=2) + "\n")
+        by_views = {str(v): t for v, t in sorted(temperatures.items())}
+        self._write_fitted(self.calibration_file, n_images, temperature_by_views=by_views)
 
     @property
     def ood_file(self) -> Path:
@@ -192,16 +193,13 @@ class Evaluation:
     ) -> None:
         """Store the screening thresholds chosen on the validation split for each TTA view
         count, on the probabilities shown to a reader (calibrated when ``calibrated``)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        record = {
-            "model": self.model,
-            "fitted_on": "val",
-            "n_images": n_images,
-            "target_sensitivity": target_sensitivity,
-            "calibrated": calibrated,
-            "thresholds_by_views": {str(v): t for v, t in sorted(thresholds.items())},
-        }
-        write_atomic(self.operating_points_file, json.dumps(record, indent=2) + "\n")
+        self._write_fitted(
+            self.operating_points_file,
+            n_images,
+            target_sensitivity=target_sensitivity,
+            calibrated=calibrated,
+            thresholds_by_views={str(v): t for v, t in sorted(thresholds.items())},
+        )
 
     def temperature(self, views: int) -> float | None:
         """The temperature for outputs averaged over ``views`` TTA views, or None when this
