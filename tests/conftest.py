@@ -22,17 +22,28 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: item.path.name not in LONGEST_FILES)
 
 
-def run_cli(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m ham_utils ARGS`` with every output under ``root``."""
-    env = {**os.environ, "HAM_PROJECT_ROOT": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+def project_env(root: Path) -> dict[str, str]:
+    """This process's environment with every project output under ``root``."""
+    return {**os.environ, "HAM_PROJECT_ROOT": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def run_python(
+    *argv: str, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run ``python ARGV`` in the repository folder, output captured as text."""
     return subprocess.run(
-        [sys.executable, "-m", "ham_utils", *args],
+        [sys.executable, *argv],
         cwd=REPO,
-        env=env,
+        env=env if env is not None else dict(os.environ),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m ham_utils ARGS`` with every output under ``root``."""
+    return run_python("-m", "ham_utils", *args, env=project_env(root), timeout=timeout)
 
 
 def lesion(width: int = 120, height: int = 90, seed: int = 0) -> np.ndarray:

@@ -1,18 +1,15 @@
 import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from conftest import REPO, run_python
 from matplotlib.figure import Figure
 
 from ham_utils.gradcam import GradCam, gradcam_grid, overlay
 from ham_utils.models import build_model, feature_layer_name
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
 TINY = 32
 SQUARE = 8
@@ -255,14 +252,7 @@ def test_jax_backend_matches_tensorflow(tmp_path):
     }
     out = tmp_path / "jax.npz"
     args = [str(REPO / "tests"), str(weights), str(tmp_path / "images.npy"), str(out)]
-    result = subprocess.run(
-        [sys.executable, "-c", JAX_SCRIPT, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_python("-c", JAX_SCRIPT, *args, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     jax = np.load(out)
     check_maps(jax["maps"], 2, (TINY // 4, TINY // 4))

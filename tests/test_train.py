@@ -9,7 +9,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, project_env, run_cli, run_python
 
 from ham_utils.config import load_params
 from ham_utils.train import run_id
@@ -74,7 +74,7 @@ def test_a_run_being_trained_by_another_process_is_refused(project_root):
 @pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped_and_tracks_one_mlflow_run(project_root):
     args = ["train", *tiny_args(finetune_epochs=3, track="true", run_name="resume")]
-    env = {**os.environ, "HAM_PROJECT_ROOT": str(project_root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = project_env(project_root)
     first = subprocess.Popen(
         [sys.executable, "-m", "ham_utils", *args],
         cwd=REPO,
@@ -138,18 +138,11 @@ def test_training_runs_on_two_devices_with_mirrored_strategy(project_root):
         "from ham_utils.cli import main\n"
         "raise SystemExit(main(sys.argv[1:]))\n"
     )
-    env = {**os.environ, "HAM_PROJECT_ROOT": str(project_root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = project_env(project_root)
     # Phase 1 only: the head's gradients are all-reduced over the two replicas all the same,
     # and tracing the whole network's backward pass twice more would add a minute.
     args = ["train", *tiny_args(warmup_epochs=2, finetune_epochs=0, run_name="mirrored")]
-    result = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_python("-c", script, *args, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replicas 2" in result.stderr
     (run_dir,) = run_dirs(project_root)
@@ -173,14 +166,7 @@ def test_training_runs_on_the_jax_backend(project_root, request):
     settings = {"warmup_epochs": 1, "finetune_epochs": 1, "jit_compile": "true"}
     mixing = {"mixup_prob": 0.5, "cutmix_prob": 0.5, "class_weight_power": 1.0}
     args = ["train", *tiny_args(**settings, **mixing, run_name="jax")]
-    result = subprocess.run(
-        [sys.executable, "-m", "ham_utils", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_python("-m", "ham_utils", *args, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(project_root)
     assert json.loads((run_dir / "environment.json").read_text())["backend"] == "jax"
@@ -219,15 +205,8 @@ def test_a_resumed_run_continues_the_optimizer_step_count_and_learning_rate(proj
 
     settings = {"warmup_epochs": 0, "finetune_epochs": 2, "lr_schedule": "cosine"}
     args = ["train", *tiny_args(**settings, run_name="steps")]
-    env = {**os.environ, "HAM_PROJECT_ROOT": str(project_root), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLED_AFTER_ONE_EPOCH, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    env = project_env(project_root)
+    killed = run_python("-c", KILLED_AFTER_ONE_EPOCH, *args, env=env, timeout=600)
     assert killed.returncode == 9, killed.stderr[-3000:]
     steps = int(killed.stderr.split("iterations ")[-1].split()[0])  # one epoch's steps
     assert steps > 1
