@@ -5,6 +5,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PARAMS ?= params/smoke.yaml
+GRID ?= params/grids/demo.yaml
 DATA_DIR ?=
 # Extra `--set key=value` overrides for every step, e.g. SET="image_size=96 seed=7".
 SET ?=
@@ -32,7 +33,7 @@ override SETS := $(if $(DATA_DIR),--set data_dir=$(abspath $(DATA_DIR))) $(forea
 HAM := $(PY) -m ham_utils
 
 .PHONY: all venv data demo split cache train evaluate gradcam app mlflow-ui test lint format \
-	browser bench bench-all check-recipes lock clean help
+	browser sweep bench bench-all check-recipes lock clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 15
@@ -118,6 +119,9 @@ browser:
 	  elif command -v sudo >/dev/null 2>&1; then \
 	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "no chromium and no root: the browser test will be skipped"; fi; }
+
+sweep: $(STAMP)  ## train and evaluate every variant of GRID on PARAMS (resumable)
+	$(HAM) sweep --params $(PARAMS) --grid $(GRID) $(SETS)
 
 bench: $(STAMP)  ## print speed figures (cache, input stream, Lite backbones, prediction)
 	$(PY) -m ham_utils.bench --params $(PARAMS) $(SETS)

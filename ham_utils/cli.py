@@ -194,6 +194,58 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(run_report(params, params_file, overrides))
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ham_utils.compare import comparable_runs, compare, data_note
+    from ham_utils.runs import open_run
+
+    runs = args.runs
+    if not runs:  # the latest run and every finished run comparable with it
+        runs, left_out = comparable_runs(open_run(None), args.which)
+        for name, reason in left_out.items():
+            print(f"left out {name}: {reason}")
+    comparison = compare(runs, args.which, args.reference, args.resamples)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(f"{len(comparison.runs)} runs ({args.which} models) on {data_note(comparison.runs)}")
+        if len(comparison.parameters):
+            print("\nParameters that differ:\n" + comparison.parameters.to_string())
+        print(
+            f"\nTest metrics, {comparison.level:.0%} bootstrap intervals "
+            f"({comparison.resamples} resamples):\n" + comparison.metrics_table().to_string()
+        )
+        if len(comparison.differences):
+            print(
+                "\nPaired differences (the same resamples for every run):\n"
+                + comparison.differences_table().to_string(index=False)
+            )
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        comparison.parameters.to_csv(out / "parameters.csv")
+        comparison.metrics.to_csv(out / "metrics.csv", index=False)
+        comparison.recall.to_csv(out / "recall.csv", index=False)
+        comparison.differences.to_csv(out / "differences.csv", index=False)
+        from ham_utils.plots import plot_comparison, plot_differences
+
+        plot_comparison(comparison, out / "comparison.png")
+        if len(comparison.differences):
+            plot_differences(comparison, out / "differences.png")
+        print(out)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Train and evaluate every variant of a grid; exit code 1 when any variant failed."""
+    from ham_utils.sweep import failed, run_sweep, summary
+
+    overrides = dict(parse_override(s) for s in args.set)
+    path = args.params if Path(args.params).is_file() or args.params != DEFAULT_PARAMS else None
+    sweep = run_sweep(path, args.grid, overrides)
+    print(summary(sweep))
+    print(sweep.file)
+    return 1 if failed(sweep) else 0
+
+
 def cmd_download(args: argparse.Namespace) -> None:
     from ham_utils.download import download_kaggle
 
@@ -209,6 +261,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
     "gradcam": (cmd_gradcam, "Grad-CAM overlays of images, or per-class grids of test images"),
     "predict": (cmd_predict, "classify image files or folders: one JSON line per image"),
     "export": (cmd_export, "write the model as TFLite, ONNX or SavedModel, checked against Keras"),
+    "compare": (cmd_compare, "compare runs on the same test images: intervals, paired tests"),
+    "sweep": (cmd_sweep, "train and evaluate every variant of a grid file (resumable)"),
     "report": (cmd_report, "run the numbered notebooks with papermill into reports/<run_id>/"),
     "download": (cmd_download, "download HAM10000 from Kaggle and verify its layout"),
 }
@@ -256,6 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--format", required=True, choices=FORMATS, help="export format")
             p.add_argument("--out", default=None, help="output folder (default: RUN/export)")
             p.add_argument("--which", default="best", choices=MODELS, help="model")
+        if name == "compare":
+            p.add_argument(
+                "runs",
+                nargs="*",
+                help="run folders (default: the latest run and "
+                "every finished run on the same data and split)",
+            )
+            p.add_argument("--which", default="best", choices=MODELS, help="model")
+            p.add_argument("--reference", default="", help="compare every run against this one")
+            p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+            p.add_argument("--out", default=None, help="also write tables (CSV) and figures here")
+        if name == "sweep":
+            p.add_argument("--grid", required=True, help="grid file, e.g. params/grids/demo.yaml")
         if name == "download":
             p.add_argument("--dest", default="data/ham10000", help="target folder")
     return parser

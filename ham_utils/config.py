@@ -73,6 +73,8 @@ DEMO_ROOT = DATA_ROOT / "demo"
 PROCESSED_ROOT = DATA_ROOT / "processed"
 CACHE_ROOT = DATA_ROOT / "cache"
 RUNS_ROOT = PROJECT_ROOT / "runs"
+# One folder per sweep of a grid file (ham_utils.sweep): its progress and its logs.
+SWEEPS_ROOT = PROJECT_ROOT / "sweeps"
 # Pretrained weights converted for Keras (machine-wide, shared by every project folder).
 WEIGHTS_CACHE = Path(
     os.environ.get("HAM_WEIGHTS_CACHE", Path.home() / ".cache" / "ham_utils" / "weights")

@@ -228,3 +228,12 @@ def ood_summary(metrics: dict[str, Any]) -> str:
         f"The check's threshold ({ood['threshold']:.1f}) flags {ood['flag_rate_on_validation']:.0%}"
         f" of the validation lesions by construction; on this set it flags {ood['flagged']:.1%}."
     )
+
+
+def left_out_table(left_out: dict[str, str]) -> None:
+    """Show the runs a comparison left out and why (nothing is dropped without a word)."""
+    from IPython.display import display
+
+    if left_out:
+        _show_markdown(f"**{len(left_out)} finished run(s) left out**, each for the reason given:")
+        display(pd.Series(left_out, name="why left out").rename_axis("run").to_frame())

@@ -414,3 +414,74 @@ def plot_class_distribution(
     if table.shape[1] > 1:
         ax.legend(fontsize="small")
     return _finish(fig, path)
+
+
+# --- comparison of runs --------------------------------------------------------------------
+
+
+def _dodged_points(
+    ax: Axes, table: pd.DataFrame, group: str, runs: Sequence[str], groups: Sequence[str]
+) -> None:
+    """One point with its interval bar per run within each group, side by side."""
+    width = 0.8 / max(1, len(runs))
+    for i, run in enumerate(runs):
+        rows = table[table["run"] == run].set_index(group).reindex(groups)
+        x = np.arange(len(groups)) + (i - (len(runs) - 1) / 2) * width
+        values = rows["value"].to_numpy(float)
+        errors = np.abs(rows[["low", "high"]].to_numpy(float).T - values)
+        ax.errorbar(
+            x, values, yerr=np.nan_to_num(errors), fmt="o", capsize=3, label=run, color=f"C{i}"
+        )
+    ax.set_xticks(np.arange(len(groups)), list(groups))
+    ax.set_ylim(0, 1.02)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def plot_comparison(comparison: Any, path: PathLike = None) -> Figure:
+    """A :class:`ham_utils.compare.Comparison`: the headline test metrics of each run with
+    their 95% intervals (left), and each class's recall side by side (right)."""
+    runs = [r.label for r in comparison.runs]
+    fig, axes = _figure(1, 2, figsize=(14, 5), width_ratios=[2, 3])
+    metrics = list(comparison.metrics["metric"].drop_duplicates())
+    _dodged_points(axes[0, 0], comparison.metrics, "metric", runs, metrics)
+    from ham_utils.compare import METRICS
+
+    labels = [METRICS.get(m, m).replace(" ", "\n", 1) for m in metrics]
+    axes[0, 0].set_xticks(range(len(metrics)), labels)
+    axes[0, 0].set_title("Headline test metrics (95% interval)")
+    classes = list(comparison.recall["class"].drop_duplicates())
+    _dodged_points(axes[0, 1], comparison.recall, "class", runs, classes)
+    axes[0, 1].set_title("Recall of each class (95% interval)")
+    axes[0, 1].legend(fontsize="small", loc="lower right")
+    fig.suptitle(f"{len(runs)} runs on the same {comparison.n_images} test images")
+    return _finish(fig, path)
+
+
+def plot_differences(comparison: Any, path: PathLike = None) -> Figure:
+    """Forest plot of the paired differences (b - a) with their 95% intervals, one panel per
+    metric; a difference whose interval excludes zero is drawn in colour."""
+    from ham_utils.compare import METRICS
+
+    table = comparison.differences
+    metrics = list(table["metric"].drop_duplicates())
+    pairs = table[["a", "b"]].drop_duplicates().iloc[::-1].reset_index(drop=True)
+    fig, axes = _figure(
+        1,
+        max(1, len(metrics)),
+        figsize=(4.5 * max(1, len(metrics)), 0.35 * len(pairs) + 1.6),
+        sharey=True,
+    )
+    for ax, metric in zip(axes[0], metrics, strict=False):
+        rows = table[table["metric"] == metric]
+        for y, pair in pairs.iterrows():
+            row = rows[(rows["a"] == pair["a"]) & (rows["b"] == pair["b"])].iloc[0]
+            clear = row["low"] > 0 or row["high"] < 0
+            colour = "tab:blue" if clear else "tab:grey"
+            ax.plot(row["difference"], y, "o", color=colour)
+            ax.plot([row["low"], row["high"]], [y, y], color=colour, linewidth=2)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(METRICS.get(metric, metric))
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(range(len(pairs)), [f"{p.b} - {p.a}" for p in pairs.itertuples()])
+    fig.suptitle("Paired differences on the same test images (95% interval; grey: includes 0)")
+    return _finish(fig, path)

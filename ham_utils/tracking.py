@@ -35,11 +35,66 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
+def _experiment_id() -> str:
+    """The project's experiment in the store (created on first use)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow.create_experiment(
+        EXPERIMENT, artifact_location=(PROJECT_ROOT / "mlruns").as_uri()
+    )
+
+
+def parent_tags(parent_run_id: str) -> dict[str, str]:
+    """Tags that show a run nested under ``parent_run_id`` in the MLflow UI."""
+    return {"mlflow.parentRunId": parent_run_id}
+
+
+def start_parent_run(name: str, run_id: str = "", tags: dict[str, str] | None = None) -> str:
+    """Open (or reopen, given ``run_id``) a parent run that groups other runs, e.g. the
+    variants of a sweep; it stays open, without being the active run, until
+    :func:`end_parent_run`."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    return client.create_run(_experiment_id(), run_name=name, tags=tags or {}).info.run_id
+
+
+def end_parent_run(run_id: str, failed: bool) -> None:
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri()).set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def tag_run(run_dir: Path, tags: dict[str, str]) -> None:
+    """Set tags on the MLflow run of a training run, if it has one (e.g. a run trained before
+    a sweep took it in)."""
+    from ham_utils.runs import RunState
+
+    run_id = RunState.load(run_dir).mlflow_run_id
+    if not run_id:
+        return
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
 class Tracker:
     """Context manager around one MLflow run of a training run; a no-op when tracking is off."""
 
-    def __init__(self, params: Params, run_dir: Path, state: Any) -> None:
+    def __init__(
+        self, params: Params, run_dir: Path, state: Any, tags: dict[str, str] | None = None
+    ) -> None:
         self.params, self.run_dir, self.state = params, run_dir, state
+        self.tags = tags or {}
         self.enabled = params.track
         self.mlflow: Any = None
 
@@ -49,18 +104,17 @@ class Tracker:
         import mlflow
 
         self.mlflow = mlflow
-        mlflow.set_tracking_uri(tracking_uri())
-        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-            mlflow.create_experiment(
-                EXPERIMENT, artifact_location=(PROJECT_ROOT / "mlruns").as_uri()
-            )
-        mlflow.set_experiment(EXPERIMENT)
+        mlflow.set_experiment(experiment_id=_experiment_id())
         run = mlflow.start_run(run_id=self.state.mlflow_run_id or None, run_name=self.run_dir.name)
         if not self.state.mlflow_run_id:
             self.state.mlflow_run_id = run.info.run_id
             mlflow.log_params(self.params.as_dict())
             mlflow.set_tags(
-                {"run_dir": str(self.run_dir), "synthetic_data": self.params.uses_demo_data}
+                {
+                    "run_dir": str(self.run_dir),
+                    "synthetic_data": self.params.uses_demo_data,
+                    **self.tags,
+                }
             )
         log.info("MLflow run %s in %s", run.info.run_id, tracking_uri())
         return self

@@ -365,8 +365,15 @@ def _write_run_files(
     (run_dir / ENVIRONMENT_FILE).write_text(json.dumps(environment, indent=2) + "\n")
 
 
-def train(params: Params, runs_root: Path = RUNS_ROOT, progress: bool = True) -> Path:
-    """Train (or resume, or find finished) the run of these parameters; return its folder."""
+def train(
+    params: Params,
+    runs_root: Path = RUNS_ROOT,
+    progress: bool = True,
+    tags: dict[str, str] | None = None,
+) -> Path:
+    """Train (or resume, or find finished) the run of these parameters; return its folder.
+
+    ``tags`` go on its MLflow run when one is started (e.g. the sweep it belongs to)."""
     run_dir = runs_root / run_id(params)
     _check_same_split(run_dir, params)
     state = RunState.load(run_dir)
@@ -375,7 +382,7 @@ def train(params: Params, runs_root: Path = RUNS_ROOT, progress: bool = True) ->
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(run_dir):
-        return _train(params, run_dir, RunState.load(run_dir), progress)
+        return _train(params, run_dir, RunState.load(run_dir), progress, tags)
 
 
 def _check_same_split(run_dir: Path, params: Params) -> None:
@@ -416,7 +423,9 @@ def _exclusive(run_dir: Path) -> Any:
         yield
 
 
-def _train(params: Params, run_dir: Path, state: RunState, progress: bool) -> Path:
+def _train(
+    params: Params, run_dir: Path, state: RunState, progress: bool, tags: dict[str, str] | None
+) -> Path:
     from ham_utils.models import build_model, load_model
     from ham_utils.tracking import Tracker
 
@@ -434,7 +443,7 @@ def _train(params: Params, run_dir: Path, state: RunState, progress: bool) -> Pa
     training_input, input_callbacks = training_input_of(train_stream, params.loader)
 
     strategy = distribution_strategy()
-    tracker = Tracker(params, run_dir, state)
+    tracker = Tracker(params, run_dir, state, tags)
     phases = (
         (1, 0, params.warmup_epochs),
         (2, params.warmup_epochs, params.warmup_epochs + params.finetune_epochs),
