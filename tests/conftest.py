@@ -13,12 +13,12 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
-LONGEST_FILES = ("test_report.py", "test_train.py")
+LONGEST_FILES = ("test_report.py", "test_train.py", "test_sweep.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """The two longest test files first (about 5 minutes each on 2 CPU cores): run by
-    ``make test`` on two workers, each starts on its own and the short files fill in."""
+    """The longest test files first (about 5, 5 and 2 minutes on 2 CPU cores): run by
+    ``make test`` on two workers, they start early and the short files fill in after."""
     items.sort(key=lambda item: item.path.name not in LONGEST_FILES)
 
 
