@@ -2,7 +2,9 @@
 
 For each run: the parameters that differ from the others, and its headline test metrics
 with 95% bootstrap intervals. For each pair: the difference in balanced accuracy, macro ROC
-AUC and melanoma sensitivity, with a paired bootstrap interval and a two-sided p-value.
+AUC and melanoma sensitivity (at the argmax decision, and at 90% specificity), with a paired
+bootstrap interval and a two-sided p-value.
+
 Paired means one set of resamples of the test images is drawn and every run is scored on
 each of them, so the difference's interval reflects only how the runs disagree, not how
 hard the test set happens to be (which moves both runs together).
@@ -19,6 +21,7 @@ so their numbers, are not comparable.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Sequence
@@ -39,11 +42,18 @@ METRICS: dict[str, str] = {
     "balanced_accuracy": "balanced accuracy",
     "macro_roc_auc": "macro ROC AUC",
     "melanoma_sensitivity": "melanoma sensitivity",
+    # On the ROC curve: whether melanomas are ranked better, not merely called more often.
+    "melanoma_sensitivity_at_specificity_0.90": "melanoma sensitivity at 90% specificity",
     "macro_f1": "macro F1",
     "accuracy": "accuracy",
 }
 # The metrics whose paired differences are tested.
-DIFFERENCE_METRICS: tuple[str, ...] = ("balanced_accuracy", "macro_roc_auc", "melanoma_sensitivity")
+DIFFERENCE_METRICS: tuple[str, ...] = (
+    "balanced_accuracy",
+    "macro_roc_auc",
+    "melanoma_sensitivity",
+    "melanoma_sensitivity_at_specificity_0.90",
+)
 # Settings that neither change a model nor its evaluation: never a "difference" of two runs.
 NOT_COMPARED: tuple[str, ...] = ("run_name", "workers", "loader", "track", "external_dir")
 
@@ -54,7 +64,7 @@ class NotComparable(DataError):
 
 @dataclass(frozen=True)
 class ScoredRun:
-    """A run's test predictions, in the order of its image ids."""
+    """A run's test predictions, in the order of its ``predictions.csv``."""
 
     label: str
     run: Run
@@ -82,10 +92,21 @@ def scored_run(run: Run | str | Path, which: str = "best", label: str = "") -> S
             f"run `python -m ham_utils evaluate --run {run.path} --which {which}` first"
         )
     ids, labels, probs = read_predictions(path, run.classes)
-    order = np.argsort(ids)
     metrics = evaluation.metrics() or {}
-    return ScoredRun(
-        label or run.name, run, ids[order], labels[order], probs[order], metrics.get("tta_views")
+    return ScoredRun(label or run.name, run, ids, labels, probs, metrics.get("tta_views"))
+
+
+def aligned(scored: ScoredRun, image_ids: np.ndarray) -> ScoredRun:
+    """``scored`` with its predictions in the order of ``image_ids`` (the same images). The
+    first run's order is every run's, so that the resamples equal those of its evaluation
+    and its intervals here are those of its ``metrics.json``."""
+    position = {image_id: i for i, image_id in enumerate(scored.image_ids)}
+    order = np.array([position[image_id] for image_id in image_ids])
+    return dataclasses.replace(
+        scored,
+        image_ids=scored.image_ids[order],
+        labels=scored.labels[order],
+        probs=scored.probs[order],
     )
 
 
@@ -98,7 +119,7 @@ def why_not_comparable(a: ScoredRun, b: ScoredRun) -> str | None:
             f"{a.label} was trained on {a.data_name!r}, {b.label} on {b.data_name!r}: "
             "different data"
         )
-    if not np.array_equal(a.image_ids, b.image_ids):
+    if not np.array_equal(np.sort(a.image_ids), np.sort(b.image_ids)):
         shared = len(np.intersect1d(a.image_ids, b.image_ids))
         return (
             f"{a.label} was tested on {len(a.image_ids)} images, {b.label} on "
@@ -106,8 +127,9 @@ def why_not_comparable(a: ScoredRun, b: ScoredRun) -> str | None:
             "with the same data, seed, val_fraction, test_fraction and "
             "one_image_per_lesion_eval)"
         )
-    if not np.array_equal(a.labels, b.labels):
-        differ = int((a.labels != b.labels).sum())
+    b_labels = aligned(b, a.image_ids).labels
+    if not np.array_equal(a.labels, b_labels):
+        differ = int((a.labels != b_labels).sum())
         return f"{differ} test images have different labels in {a.label} and {b.label}"
     return None
 
@@ -219,6 +241,7 @@ def compare(
         reason = why_not_comparable(scored[0], other)
         if reason:
             raise NotComparable(f"cannot compare: {reason}")
+    scored = [scored[0], *(aligned(s, scored[0].image_ids) for s in scored[1:])]
 
     first = scored[0]
     counts = resample_counts(len(first.labels), resamples, seed, _test_lesions(first))

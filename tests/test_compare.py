@@ -59,9 +59,11 @@ def melanoma_case(folder, n_mel=200, n_nv=800, only_a=30, only_b=10, neither=80,
     missed = slice(only_a + only_b, only_a + only_b + neither)
     a[missed] = b[missed] = NV
     order = np.random.default_rng(shuffle).permutation(len(labels))
+    ids = np.array([f"ISIC_{i:07d}" for i in range(len(labels))])
+    rows_of_b = order[::-1]  # B's file lists the images in another order: pairing is by id
     return (
-        evaluated_run(folder, "a", labels[order], a[order], loss="crossentropy"),
-        evaluated_run(folder, "b", labels[order], b[order], loss="focal"),
+        evaluated_run(folder, "a", labels[order], a[order], ids[order], loss="crossentropy"),
+        evaluated_run(folder, "b", labels[rows_of_b], b[rows_of_b], ids[rows_of_b], loss="focal"),
     )
 
 
@@ -79,6 +81,16 @@ def test_paired_difference_has_the_known_value_spread_and_p_value(tmp_path):
     width = sensitivity["high"] - sensitivity["low"]
     assert width == pytest.approx(2 * 1.96 * expected_sd, rel=0.15)
     assert sensitivity["high"] < 0 and sensitivity["p_value"] < 0.01
+
+    # Each run's own intervals are those its evaluation computed: the same resamples of
+    # the images in the order of the first run's predictions.
+    from ham_utils.bootstrap import bootstrap_intervals
+    from ham_utils.evaluate import read_predictions
+
+    _, labels, probs = read_predictions(a / "evaluation" / "best" / "predictions.csv")
+    own = bootstrap_intervals(labels, probs, resamples=2000)["intervals"]["balanced_accuracy"]
+    row = comparison.metrics.set_index(["run", "metric"]).loc[("a", "balanced_accuracy")]
+    assert [row["low"], row["high"]] == pytest.approx(own)
 
     # Unpaired intervals of the two runs overlap although the difference is clear: what
     # pairing is for.
@@ -163,6 +175,7 @@ def test_cli_prints_the_differing_parameters_metrics_and_differences(tmp_path):
         "balanced_accuracy",
         "macro_roc_auc",
         "melanoma_sensitivity",
+        "melanoma_sensitivity_at_specificity_0.90",
     }
     for name in ("comparison.png", "differences.png"):
         assert (out / name).stat().st_size > 10_000
