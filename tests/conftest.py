@@ -23,8 +23,12 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 def project_env(root: Path) -> dict[str, str]:
-    """This process's environment with every project output under ``root``."""
-    return {**os.environ, "HAM_PROJECT_ROOT": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    """This process's environment with every project output under ``root``. Without
+    MLFLOW_TRACKING_URI: ``mlflow.set_tracking_uri`` in a test exports it, and a later test's
+    subprocess would then track into that test's store."""
+    env = {**os.environ, "HAM_PROJECT_ROOT": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
 
 
 def run_python(

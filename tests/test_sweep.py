@@ -152,9 +152,10 @@ def test_a_killed_sweep_resumes_the_interrupted_variant_and_skips_the_finished(p
 
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{project_root / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["ham10000"])
+    client = mlflow.MlflowClient(f"sqlite:///{project_root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ham10000").experiment_id
+    runs = {run.info.run_id: run for run in client.search_runs([experiment])}
     parent = record["mlflow_parent_run_id"]
-    children = runs[runs["tags.mlflow.parentRunId"] == parent]
-    assert sorted(children["tags.variant"]) == ["cross_entropy", "focal_weights"]
-    assert runs.set_index("run_id").loc[parent, "status"] == "FINISHED"
+    children = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert sorted(r.data.tags["variant"] for r in children) == ["cross_entropy", "focal_weights"]
+    assert runs[parent].info.status == "FINISHED"
