@@ -23,12 +23,17 @@ DEFAULT_PARAMS = "params/smoke.yaml"
 log = logging.getLogger("ham_utils")
 
 
+def _params_file(args: argparse.Namespace) -> str | None:
+    """``--params``, or None (the built-in defaults) for the default file outside the project
+    folder."""
+    if args.params == DEFAULT_PARAMS and not Path(args.params).is_file():
+        return None
+    return args.params
+
+
 def _params(args: argparse.Namespace) -> Params:
     overrides = dict(parse_override(s) for s in args.set)
-    path = args.params
-    if path == DEFAULT_PARAMS and not Path(path).is_file():
-        path = None  # outside the project folder: built-in defaults
-    return load_params(path, overrides)
+    return load_params(_params_file(args), overrides)
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -239,8 +244,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ham_utils.sweep import failed, run_sweep, summary
 
     overrides = dict(parse_override(s) for s in args.set)
-    path = args.params if Path(args.params).is_file() or args.params != DEFAULT_PARAMS else None
-    sweep = run_sweep(path, args.grid, overrides)
+    sweep = run_sweep(_params_file(args), args.grid, overrides)
     print(summary(sweep))
     print(sweep.file)
     return 1 if failed(sweep) else 0

@@ -33,9 +33,16 @@ import pandas as pd
 
 from ham_utils.bootstrap import LEVEL, RESAMPLES, SEED, percentile_interval, resample_counts
 from ham_utils.bootstrap import weighted_metrics as bootstrap_metrics
-from ham_utils.config import MACHINE_PATHS
 from ham_utils.errors import DataError
-from ham_utils.runs import SPLIT_INFO_FILE, SPLITS_FILE, Run, list_runs, open_run
+from ham_utils.runs import (
+    SPLIT_INFO_FILE,
+    SPLITS_FILE,
+    Run,
+    list_runs,
+    open_run,
+    portable_settings,
+)
+from ham_utils.split import read_splits
 
 # The headline metrics of a comparison, most telling first, with their labels.
 METRICS: dict[str, str] = {
@@ -147,9 +154,7 @@ def differing_parameters(runs: Sequence[ScoredRun]) -> pd.DataFrame:
     row per parameter, one column per run."""
     table = {}
     for scored in runs:
-        values = scored.run.params.as_dict()
-        for key in MACHINE_PATHS:  # the same data under another path is the same data
-            values[key] = Path(values[key]).name if values[key] else ""
+        values = portable_settings(scored.run.params)
         for key in NOT_COMPARED:
             values.pop(key, None)
         values["tta views (evaluated)"] = scored.tta_views
@@ -284,8 +289,7 @@ def compare(
 def _test_lesions(scored: ScoredRun) -> np.ndarray | None:
     """The lesion of each test image when a lesion has several (then lesions are drawn,
     as in the evaluation's own intervals); None when each image is its own lesion."""
-    splits = pd.read_csv(scored.run.path / SPLITS_FILE, dtype={"image_id": str})
-    lesion_of = splits.set_index("image_id")["lesion_id"]
+    lesion_of = read_splits(scored.run.path / SPLITS_FILE).set_index("image_id")["lesion_id"]
     lesions = lesion_of.reindex(scored.image_ids).to_numpy()
     if pd.isna(lesions).any() or len(set(lesions)) == len(lesions):
         return None

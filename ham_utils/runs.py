@@ -81,14 +81,20 @@ EVALUATION_SETTINGS = (
 )
 
 
+def portable_settings(params: Params) -> dict[str, Any]:
+    """The parameters with each machine path cut to its last part: the same recipe on the
+    same data, wherever the data lies (so a run finds its folder again after a move; train
+    checks that the split is the same)."""
+    settings = params.as_dict()
+    for key in MACHINE_PATHS:
+        settings[key] = Path(settings[key]).name if settings[key] else ""
+    return settings
+
+
 def run_id(params: Params) -> str:
     """``<run name>-<hash of the parameters>``: the same parameters give the same folder."""
     name = params.run_name or Path(params.extra.get("source") or "run").stem
-    settings = {k: v for k, v in params.as_dict().items() if k not in NOT_IN_RUN_ID}
-    # Only the last part of a machine's path: the same recipe on the same data finds its run
-    # after a move (train checks that the split is the same).
-    for key in MACHINE_PATHS:
-        settings[key] = Path(settings[key]).name if settings[key] else ""
+    settings = {k: v for k, v in portable_settings(params).items() if k not in NOT_IN_RUN_ID}
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     return f"{name}-{digest}"
 
