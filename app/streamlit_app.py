@@ -15,13 +15,13 @@ import pandas as pd
 import streamlit as st
 
 from ham_utils import config
-from ham_utils.bootstrap import with_interval
 from ham_utils.config import CLASS_DESCRIPTIONS, CLASS_NAMES, RISK_GROUPS, RISK_OF_CLASS
+from ham_utils.data.images import IMAGE_SUFFIXES
 from ham_utils.errors import DataError
-from ham_utils.images import IMAGE_SUFFIXES
-from ham_utils.ood import OOD_MESSAGE
-from ham_utils.predict import Prediction, Predictor
+from ham_utils.evaluation.bootstrap import with_interval
+from ham_utils.evaluation.ood import OOD_MESSAGE
 from ham_utils.runs import CURVES_FILE, EXTERNAL_SET, Run, list_runs, open_run
+from ham_utils.serve.predict import Prediction, Predictor
 
 log = logging.getLogger("ham_utils.app")
 

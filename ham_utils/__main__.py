@@ -1,5 +1,5 @@
 """``python -m ham_utils``: see :mod:`ham_utils.cli`."""
 
-from ham_utils.cli import main
+from ham_utils.cli import entry_point
 
-raise SystemExit(main())
+raise SystemExit(entry_point())

@@ -26,10 +26,10 @@ def timed(func: Callable[[], T]) -> tuple[T, float]:
 
 
 def bench_data_steps(params_path: str | None, overrides: dict[str, str]) -> list[tuple[str, str]]:
-    from ham_utils.cache import build_split_cache
-    from ham_utils.data import read_ham10000
-    from ham_utils.prepare import ensure_demo_data
-    from ham_utils.split import lesion_split
+    from ham_utils.data.cache import build_split_cache
+    from ham_utils.data.metadata import read_ham10000
+    from ham_utils.data.prepare import ensure_demo_data
+    from ham_utils.data.split import lesion_split
 
     params = load_params(params_path, overrides)
     data_dir = ensure_demo_data(params, progress=False)
@@ -73,8 +73,8 @@ def bench_training(params_path: str | None, overrides: dict[str, str], rounds: i
     import keras
     import numpy as np
 
-    from ham_utils.models import build_model
-    from ham_utils.train import (
+    from ham_utils.model.build import build_model
+    from ham_utils.train.loop import (
         _compile,
         _set_trainable,
         _streams,
@@ -159,9 +159,9 @@ def bench_backbones(
     import keras
     import numpy as np
 
-    from ham_utils.backbones import LITE_VARIANTS
-    from ham_utils.models import build_model
-    from ham_utils.train import _compile, _set_trainable
+    from ham_utils.config import LITE_VARIANTS
+    from ham_utils.model.build import build_model
+    from ham_utils.train.loop import _compile, _set_trainable
 
     base = load_params(recipe, {})
     size, batch = base.image_size, base.batch_size
@@ -212,9 +212,9 @@ def bench_prediction(repeats: int = 10) -> list[tuple[str, str]]:
     from PIL import Image
 
     from ham_utils.config import CLASSES, load_params
-    from ham_utils.models import build_model
-    from ham_utils.predict import Predictor
+    from ham_utils.model.build import build_model
     from ham_utils.runs import Run
+    from ham_utils.serve.predict import Predictor
 
     params = load_params(None, {"backbone": "efficientnetb0", "image_size": 224})
     keras.utils.set_random_seed(0)
@@ -245,11 +245,11 @@ def bench_prediction(repeats: int = 10) -> list[tuple[str, str]]:
 def bench_bootstrap(n_predictions: int = 1500, repeats: int = 3) -> list[tuple[str, str]]:
     """Seconds for the 95% intervals of every headline metric: 1,000 resamples of
     ``n_predictions`` seeded predictions (HAM10000's class mix, some skill), as
-    :func:`ham_utils.evaluate` computes them for a test split."""
+    :func:`ham_utils.evaluation.evaluate` computes them for a test split."""
     import numpy as np
 
-    from ham_utils.bootstrap import RESAMPLES, bootstrap_intervals
     from ham_utils.config import CLASSES
+    from ham_utils.evaluation.bootstrap import RESAMPLES, bootstrap_intervals
 
     rng = np.random.default_rng(0)
     shares = [0.03, 0.05, 0.11, 0.01, 0.11, 0.67, 0.02]

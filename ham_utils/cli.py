@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ham_utils.config import MODELS, Params, ParamsError, load_params, parse_override
-from ham_utils.errors import DataError, capture_warnings
-from ham_utils.report import NotebookFailed
+from ham_utils.errors import DataError, capture_warnings, filter_native_noise
+from ham_utils.report.runner import NotebookFailed
 
 DEFAULT_PARAMS = "params/smoke.yaml"
 log = logging.getLogger("ham_utils")
@@ -37,8 +37,8 @@ def _params(args: argparse.Namespace) -> Params:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from ham_utils.prepare import ensure_demo_data
-    from ham_utils.synthetic import generate_dataset
+    from ham_utils.data.prepare import ensure_demo_data
+    from ham_utils.data.synthetic import generate_dataset
 
     params = _params(args)
     if args.out:
@@ -57,8 +57,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
 def cmd_split(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from ham_utils.prepare import load_splits, prepare_splits
-    from ham_utils.split import SPLITS, class_table, max_share_deviation, read_split_info
+    from ham_utils.data.prepare import load_splits, prepare_splits
+    from ham_utils.data.split import SPLITS, class_table, max_share_deviation, read_split_info
 
     params = _params(args)
     path = prepare_splits(params)
@@ -84,8 +84,8 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    from ham_utils.prepare import cached_split
-    from ham_utils.split import SPLITS
+    from ham_utils.data.prepare import cached_split
+    from ham_utils.data.split import SPLITS
 
     params = _params(args)
     for split in SPLITS:
@@ -96,7 +96,7 @@ def cmd_cache(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from ham_utils.train import train
+    from ham_utils.train.loop import train
 
     print(train(_params(args)))
 
@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from ham_utils.evaluate import evaluate_run
+    from ham_utils.evaluation.evaluate import evaluate_run
 
     run = _run(args)
     results = evaluate_run(run, external=args.external, which=args.which)
@@ -135,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_gradcam(args: argparse.Namespace) -> None:
-    from ham_utils.explain import RunExplainer, class_grids, explain_files
+    from ham_utils.explain.explainer import RunExplainer, class_grids, explain_files
 
     run = _run(args)
     if args.class_name and args.class_name not in run.classes:
@@ -161,7 +161,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """One JSON line per image; exit code 1 when any image could not be predicted."""
     import json
 
-    from ham_utils.predict import Predictor, predict_paths
+    from ham_utils.serve.predict import Predictor, predict_paths
 
     run = _run(args)
     if not args.images:
@@ -178,7 +178,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from ham_utils.export import RUNTIMES, export_run
+    from ham_utils.serve.export import RUNTIMES, export_run
 
     run = _run(args)
     exported = export_run(run, args.format, Path(args.out) if args.out else None, args.which)
@@ -191,7 +191,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from ham_utils.report import run_report
+    from ham_utils.report.runner import run_report
 
     params = _params(args)
     overrides = dict(parse_override(s) for s in args.set)
@@ -202,8 +202,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from ham_utils.compare import comparable_runs, compare, data_note
     from ham_utils.runs import open_run
+    from ham_utils.studies.compare import comparable_runs, compare, data_note
 
     runs = args.runs
     if not runs:  # the latest run and every finished run comparable with it
@@ -231,17 +231,15 @@ def cmd_compare(args: argparse.Namespace) -> None:
         comparison.metrics.to_csv(out / "metrics.csv", index=False)
         comparison.recall.to_csv(out / "recall.csv", index=False)
         comparison.differences.to_csv(out / "differences.csv", index=False)
-        from ham_utils.plots import plot_comparison, plot_differences
-
-        plot_comparison(comparison, out / "comparison.png")
+        comparison.plot(out / "comparison.png")
         if len(comparison.differences):
-            plot_differences(comparison, out / "differences.png")
+            comparison.plot_differences(out / "differences.png")
         print(out)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Train and evaluate every variant of a grid; exit code 1 when any variant failed."""
-    from ham_utils.sweep import failed, run_sweep, summary
+    from ham_utils.studies.sweep import failed, run_sweep, summary
 
     overrides = dict(parse_override(s) for s in args.set)
     sweep = run_sweep(_params_file(args), args.grid, overrides)
@@ -251,7 +249,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from ham_utils.download import download_kaggle
+    from ham_utils.data.download import download_kaggle
 
     print(download_kaggle(Path(args.dest)))
 
@@ -308,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("images", nargs="*", help="image files or folders of images")
             p.add_argument("--gradcam", default=None, help="write Grad-CAM overlays here")
         if name == "export":
-            from ham_utils.export import FORMATS
+            from ham_utils.serve.export import FORMATS
 
             p.add_argument("--run", default="", help="run folder (default: the latest run)")
             p.add_argument("--format", required=True, choices=FORMATS, help="export format")
@@ -360,3 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return code or 0
+
+
+def entry_point() -> int:
+    """``python -m ham_utils`` and the ``ham-utils`` script: :func:`main` without TensorFlow's
+    native start-up lines (:func:`ham_utils.errors.filter_native_noise`)."""
+    filter_native_noise()
+    return main()

@@ -1,9 +1,10 @@
-"""Class order and descriptions, risk groups, project paths and the parameter schema.
+"""Class order and descriptions, risk groups, project paths, the backbone registry and the
+parameter schema.
 
 One flat YAML file of parameters feeds both the notebooks and the command line
 (``--params params/x.yaml --set key=value ...``); :func:`load_params` is the single reader.
 In a notebook run by papermill, ``-p params_file params/x.yaml`` picks the file, and
-``-p key value`` or ``-f params/x.yaml`` set keys over it (:func:`ham_utils.notebook.setup`).
+``-p key value`` or ``-f params/x.yaml`` set keys over it (:func:`ham_utils.report.notebook.setup`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -73,7 +74,7 @@ DEMO_ROOT = DATA_ROOT / "demo"
 PROCESSED_ROOT = DATA_ROOT / "processed"
 CACHE_ROOT = DATA_ROOT / "cache"
 RUNS_ROOT = PROJECT_ROOT / "runs"
-# One folder per sweep of a grid file (ham_utils.sweep): its progress and its logs.
+# One folder per sweep of a grid file (ham_utils.studies.sweep): its progress and its logs.
 SWEEPS_ROOT = PROJECT_ROOT / "sweeps"
 # Pretrained weights converted for Keras (machine-wide, shared by every project folder).
 WEIGHTS_CACHE = Path(
@@ -106,6 +107,76 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 class ParamsError(ValueError):
     """A parameter file or override that cannot be used; the message says which key and why."""
+
+
+# --- backbones: every allowed ``backbone`` name and what it needs, without Keras, so that
+# a name is checked when the parameters are read (ham_utils.model builds the networks) ---
+
+# The ``application`` of the EfficientNet-Lite backbones (built by ham_utils.model.lite).
+LITE = "lite"
+
+# (width coefficient, depth coefficient, ImageNet resolution, dropout) of the Lite variants.
+LITE_VARIANTS: dict[str, tuple[float, float, int, float]] = {
+    "efficientnet_lite0": (1.0, 1.0, 224, 0.2),
+    "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
+    "efficientnet_lite2": (1.1, 1.2, 260, 0.3),
+}
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One backbone and how to feed it 0..255 pixels.
+
+    ``application`` names a ``keras.applications`` constructor, or ``"lite"`` for the
+    EfficientNet-Lite networks of :mod:`ham_utils.model.lite` (ImageNet weights from the package
+    index).
+    """
+
+    name: str
+    application: str
+    image_size: int  # the resolution it was designed (and ImageNet-trained) for
+    preprocessing: Literal["inside", "caffe", "tf", "lite"]
+    feature_layer: str | None = None  # last conv feature map; None: found automatically
+
+    @property
+    def is_lite(self) -> bool:
+        return self.application == LITE
+
+
+def _efficientnets() -> list[Backbone]:
+    sizes = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456, "b6": 528, "b7": 600}
+    v1 = [
+        Backbone(f"efficientnet{v}", f"EfficientNet{v.upper()}", s, "inside", "top_activation")
+        for v, s in sizes.items()
+    ]
+    v2_sizes = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "s": 384}
+    v2 = [
+        Backbone(f"efficientnetv2{v}", f"EfficientNetV2{v.upper()}", s, "inside", "top_activation")
+        for v, s in v2_sizes.items()
+    ]
+    return v1 + v2
+
+
+BACKBONES: dict[str, Backbone] = {
+    b.name: b
+    for b in [
+        *_efficientnets(),
+        *(
+            Backbone(name, LITE, size, "lite", "top_activation")
+            for name, (_, _, size, _) in LITE_VARIANTS.items()
+        ),
+        Backbone("resnet50", "ResNet50", 224, "caffe"),
+        Backbone("xception", "Xception", 299, "tf"),
+    ]
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    """The registry entry of a backbone name (case-insensitive)."""
+    try:
+        return BACKBONES[name.lower()]
+    except KeyError:
+        raise ParamsError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
 
 
 @dataclass
@@ -189,8 +260,6 @@ class Params:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def validate(self) -> Params:
-        from ham_utils.backbones import get_backbone
-
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ParamsError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
@@ -222,7 +291,7 @@ class Params:
         return self
 
     def focal_alpha_values(self) -> str | list[float] | None:
-        """``focal_alpha`` as :func:`ham_utils.losses.focal_alpha` takes it (None: off)."""
+        """``focal_alpha`` as :func:`ham_utils.model.losses.focal_alpha` takes it (None: off)."""
         if self.focal_alpha in ("none", ""):
             return None
         if self.focal_alpha in FOCAL_ALPHA_MODES:

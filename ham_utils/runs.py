@@ -183,7 +183,8 @@ class Evaluation:
 
     @property
     def ood_file(self) -> Path:
-        """The out-of-distribution detector fitted for this model (:mod:`ham_utils.ood`)."""
+        """The out-of-distribution detector fitted for this model
+        (:mod:`ham_utils.evaluation.ood`)."""
         return self.root / OOD_FILE
 
     @property
@@ -285,13 +286,13 @@ class Run:
         return self.path / MODEL_FILES[_check_model(which)]
 
     def load_model(self, which: str = "best") -> Any:
-        from ham_utils.models import load_model
+        from ham_utils.model.build import load_model
 
         return load_model(self.model_path(which))
 
     def splits(self) -> pd.DataFrame:
         """The run's split, image paths resolved against the ``data_dir`` of its parameters."""
-        from ham_utils.split import read_splits
+        from ham_utils.data.split import read_splits
 
         return read_splits(self.path / SPLITS_FILE, self.params.resolved_data_dir)
 

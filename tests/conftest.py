@@ -1,9 +1,13 @@
 import io
+import json
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +52,45 @@ def run_python(
 def run_cli(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m ham_utils ARGS`` with every output under ``root``."""
     return run_python("-m", "ham_utils", *args, env=project_env(root), timeout=timeout)
+
+
+def run_until_killed(
+    argv: list[str],
+    env: dict[str, str],
+    state_files: Callable[[], list[Path]],
+    ready: Callable[[dict], bool],
+    stderr: Path | None = None,
+    timeout: float = 400,
+) -> Path | None:
+    """Start ``python ARGV``, poll ``state_files()`` (run folders' ``state.json``) until one
+    whose state is ``ready``, then kill the process and its children (SIGKILL to its process
+    group, as a machine that dies would). The state file that was ready, or None if none got
+    there before the process ended or ``timeout`` passed. ``stderr``: a file for its output."""
+    with open(stderr or os.devnull, "w") as err:
+        process = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        found = None
+        while found is None and time.monotonic() < deadline and process.poll() is None:
+            for path in state_files():
+                try:
+                    state = json.loads(path.read_text())
+                except (OSError, ValueError):  # being written
+                    continue
+                if ready(state):
+                    found = path
+                    break
+            time.sleep(0.1)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return found
 
 
 def lesion(width: int = 120, height: int = 90, seed: int = 0) -> np.ndarray:
@@ -104,7 +147,7 @@ def make_tiny_run(
     import yaml
 
     from ham_utils.config import CLASSES, load_params
-    from ham_utils.models import all_layers, build_model
+    from ham_utils.model.build import all_layers, build_model
 
     overrides = {"image_size": image_size, "track": False, "weights": weights}
     if backbone:

@@ -243,8 +243,8 @@ def test_upload_limit_is_50_mb_in_the_app_config_as_the_readme_says():
 
 def test_uploaded_bytes_are_what_the_app_predicts(app, tiny_run):
     """The app shows the same probabilities as the predict module for the same file."""
-    from ham_utils.predict import Predictor
     from ham_utils.runs import open_run
+    from ham_utils.serve.predict import Predictor
 
     data = io.BytesIO()
     Image.fromarray(lesion(seed=21)).save(data, format="PNG")
@@ -256,7 +256,7 @@ def test_uploaded_bytes_are_what_the_app_predicts(app, tiny_run):
 
 
 def test_the_model_loads_once_per_run(tiny_run, tmp_path, monkeypatch):
-    from ham_utils.predict import Predictor
+    from ham_utils.serve.predict import Predictor
 
     run_dir = tmp_path / "runs" / "fresh"  # a path no earlier test has cached
     shutil.copytree(tiny_run, run_dir)

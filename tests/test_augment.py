@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from ham_utils.augment import MixUpCutMix, RandomAffine, build_augmenter
+from ham_utils.train.augment import MixUpCutMix, RandomAffine, build_augmenter
 
 NUM_CLASSES = 7
 
@@ -288,7 +288,7 @@ def test_branch_is_drawn_per_batch_inside_a_tf_data_graph():
 JAX_CHECK = """
 import numpy as np, keras
 assert keras.backend.backend() == "jax"
-from ham_utils.augment import MixUpCutMix, build_augmenter
+from ham_utils.train.augment import MixUpCutMix, build_augmenter
 rng = np.random.default_rng(0)
 images = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
 labels = np.eye(7, dtype="float32")[np.arange(8) % 7]

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from ham_utils.bootstrap import (
+from ham_utils.config import CLASSES
+from ham_utils.evaluation.bootstrap import (
     bootstrap_intervals,
     percentile_interval,
     resample_counts,
     weighted_metrics,
 )
-from ham_utils.config import CLASSES
-from ham_utils.scoring import evaluation_metrics
+from ham_utils.evaluation.scoring import evaluation_metrics
 
 
 def _predictions(n: int, seed: int = 0, skill: float = 2.0):
@@ -122,9 +122,9 @@ def test_seeded_and_none_for_what_no_resample_defines():
 
 
 def test_bands_hold_the_curves_they_describe():
-    from ham_utils.bootstrap import reliability_bands, roc_bands
-    from ham_utils.plots import ROC_BAND_GRID
-    from ham_utils.scoring import reliability_table
+    from ham_utils.evaluation.bootstrap import reliability_bands, roc_bands
+    from ham_utils.evaluation.scoring import reliability_table
+    from ham_utils.figures.evaluation import ROC_BAND_GRID
 
     y, probs = _predictions(1500, seed=6)
     counts = resample_counts(len(y), resamples=300)

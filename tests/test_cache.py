@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ham_utils import cache as cache_module
-from ham_utils.cache import build_split_cache
+from ham_utils.data import cache as cache_module
+from ham_utils.data.cache import build_split_cache
+from ham_utils.data.images import load_image
 from ham_utils.errors import DataError
-from ham_utils.images import load_image
 
 
 @pytest.fixture

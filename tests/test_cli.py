@@ -6,10 +6,10 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_python
 from test_split import NO_VASC, TWENTY_ROWS, write_dataset
 
-from ham_utils.split import SPLITS, class_table
+from ham_utils.data.split import SPLITS, class_table
 
 TINY_DEMO = ["--set", "demo_images=120", "--set", "demo_width=96", "--set", "demo_height=72"]
 
@@ -19,6 +19,62 @@ def test_help_lists_the_commands(project_root):
     assert result.returncode == 0
     for command in ("synth", "split", "cache", "train", "download"):
         assert command in result.stdout
+    assert result.stderr == ""  # nothing of TensorFlow's start-up
+
+
+# Runs the command line in-process and prints what it imported of TensorFlow and Keras.
+IMPORTS_OF = """
+import sys
+from ham_utils.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(sorted(m for m in ("tensorflow", "keras", "jax") if m in sys.modules), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["predict", "--help"], ["export", "--help"], ["export", "--format", "pdf"]],
+    ids=["help", "predict-help", "export-help", "argument-error"],
+)
+def test_help_and_argument_errors_answer_without_importing_tensorflow(project_root, args):
+    env = {**os.environ, "HAM_PROJECT_ROOT": str(project_root)}
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_OF, *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
+
+
+# Native lines as TensorFlow writes them to file descriptor 2, a real one between them, and a
+# Python message just before the process ends without flushing anything.
+NATIVE_LINES = r"""
+import os, sys
+from ham_utils.errors import filter_native_noise
+filter_native_noise()
+os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written\n")
+os.write(2, b"I0000 00:00:17 1 cudart_stub.cc:31] Could not find cuda drivers\n")
+os.write(2, b"E0000 00:00:17 1 allocator.cc:9] a real native error\n")
+os.write(2, b"Memory patch applied: M_TRIM_THRESHOLD=128 kb was set.\n")
+print("python says goodbye", file=sys.stderr, flush=True)
+if sys.argv[1] == "exit":
+    raise SystemExit(3)
+os._exit(4)
+"""
+
+
+@pytest.mark.parametrize("ending", ["exit", "os._exit"])
+def test_native_start_up_noise_is_dropped_and_everything_else_kept(ending):
+    result = run_python("-c", NATIVE_LINES, ending)
+    assert result.returncode == (3 if ending == "exit" else 4)
+    lines = result.stderr.splitlines()
+    assert "python says goodbye" in lines
+    if ending == "exit":  # an ordinary exit drains the filter; os._exit may cut it short
+        real = "E0000 00:00:17 1 allocator.cc:9] a real native error"
+        assert sorted(lines) == sorted([real, "python says goodbye"])  # Python's comes direct
+    for noise in ("absl::InitializeLog", "cudart_stub", "Memory patch"):
+        assert noise not in result.stderr
 
 
 def test_demo_data_split_and_cache_from_the_command_line(project_root):
@@ -103,7 +159,7 @@ def test_notebook_setup_shows_warnings_as_one_line(project_root):
     code = (
         "import warnings\n"
         "from ham_utils.errors import DataWarning\n"
-        "from ham_utils.notebook import setup\n"
+        "from ham_utils.report.notebook import setup\n"
         "setup('')\n"
         "for _ in range(2):\n"  # a cell run twice shows its warning twice
         "    warnings.warn('3 of 9 rows dropped', DataWarning)\n"

@@ -8,15 +8,15 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from ham_utils.compare import (
+from ham_utils.config import CLASSES, load_params
+from ham_utils.errors import DataError
+from ham_utils.studies.compare import (
     NotComparable,
     comparable_runs,
     compare,
     holm,
     paired_p_value,
 )
-from ham_utils.config import CLASSES, load_params
-from ham_utils.errors import DataError
 
 MEL, NV = CLASSES.index("mel"), CLASSES.index("nv")
 
@@ -84,8 +84,8 @@ def test_paired_difference_has_the_known_value_spread_and_p_value(tmp_path):
 
     # Each run's own intervals are those its evaluation computed: the same resamples of
     # the images in the order of the first run's predictions.
-    from ham_utils.bootstrap import bootstrap_intervals
-    from ham_utils.evaluate import read_predictions
+    from ham_utils.evaluation.bootstrap import bootstrap_intervals
+    from ham_utils.evaluation.evaluate import read_predictions
 
     _, labels, probs = read_predictions(a / "evaluation" / "best" / "predictions.csv")
     own = bootstrap_intervals(labels, probs, resamples=2000)["intervals"]["balanced_accuracy"]

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ham_utils.config import CLASSES, ISIC_GROUND_TRUTH_COLUMNS, METADATA_COLUMNS
-from ham_utils.data import (
+from ham_utils.data.metadata import (
     DROPPED_COLUMNS,
     SYNTHETIC_MARKER_FILE,
     find_metadata_csv,
@@ -404,7 +404,7 @@ def test_synthetic_marker_is_reported(flat):
 
 
 def test_marker_name_matches_the_generator():
-    from ham_utils import synthetic
+    from ham_utils.data import synthetic
 
     assert synthetic.MARKER_FILE == SYNTHETIC_MARKER_FILE
 

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ham_utils import download
 from ham_utils.config import CLASSES
-from ham_utils.download import (
+from ham_utils.data import download
+from ham_utils.data.download import (
     KAGGLE_ARCHIVE_NAME,
     download_kaggle,
     kaggle_credentials,

@@ -6,12 +6,12 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ham_utils import eda
 from ham_utils.config import CLASSES, Params
-from ham_utils.data import read_ham10000
-from ham_utils.images import load_image
-from ham_utils.losses import class_weights, focal_alpha
-from ham_utils.synthetic import generate_dataset
+from ham_utils.data.images import load_image
+from ham_utils.data.metadata import read_ham10000
+from ham_utils.data.synthetic import generate_dataset
+from ham_utils.model.losses import class_weights, focal_alpha
+from ham_utils.report import eda
 
 WIDTH, HEIGHT = 96, 72
 

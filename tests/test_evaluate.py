@@ -5,7 +5,12 @@ import pytest
 from conftest import run_cli
 
 from ham_utils.errors import DataError
-from ham_utils.evaluate import find_ground_truth, predictions_table, read_predictions, tta_views
+from ham_utils.evaluation.evaluate import (
+    find_ground_truth,
+    predictions_table,
+    read_predictions,
+    tta_views,
+)
 from ham_utils.runs import open_run
 
 

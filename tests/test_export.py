@@ -7,7 +7,8 @@ import pytest
 from conftest import run_cli
 
 from ham_utils.config import CLASSES, ParamsError
-from ham_utils.export import (
+from ham_utils.runs import open_run
+from ham_utils.serve.export import (
     ARTIFACTS,
     FORMATS,
     ExportError,
@@ -15,7 +16,6 @@ from ham_utils.export import (
     export_run,
     sidecar_path,
 )
-from ham_utils.runs import open_run
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +116,8 @@ def test_an_export_that_does_not_match_is_refused_and_not_written(
         def predict(self, pixels):
             return expected[: len(pixels)] + 0.002
 
-    monkeypatch.setattr("ham_utils.export._write", lambda model, fmt, path: path.touch())
-    monkeypatch.setattr("ham_utils.export.ExportedModel", Off)
+    monkeypatch.setattr("ham_utils.serve.export._write", lambda model, fmt, path: path.touch())
+    monkeypatch.setattr("ham_utils.serve.export.ExportedModel", Off)
     with pytest.raises(ExportError, match=r"differs from the Keras model by up to 0\.002"):
         export_run(run, "onnx", tmp_path, model=model, images=images[:2])
     assert list(tmp_path.iterdir()) == []

@@ -7,8 +7,8 @@ import pytest
 from conftest import REPO, run_python
 from matplotlib.figure import Figure
 
-from ham_utils.gradcam import GradCam, gradcam_grid, overlay
-from ham_utils.models import build_model, feature_layer_name
+from ham_utils.explain.gradcam import GradCam, gradcam_grid, overlay
+from ham_utils.model.build import build_model, feature_layer_name
 
 SIZE = 64
 TINY = 32
@@ -210,7 +210,7 @@ JAX_SCRIPT = textwrap.dedent(
     sys.path.insert(0, tests_dir)
     from test_gradcam import tiny_model
 
-    from ham_utils.gradcam import GradCam
+    from ham_utils.explain.gradcam import GradCam
 
     assert keras.backend.backend() == "jax", keras.backend.backend()
     model = tiny_model()

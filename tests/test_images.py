@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ham_utils.data.images import load_image, open_rgb
 from ham_utils.errors import DataError
-from ham_utils.images import load_image, open_rgb
 
 
 def _encode(im: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -83,7 +83,7 @@ def test_unreadable_input_is_a_data_error(payload, message, tmp_path):
 
 
 def test_huge_images_are_refused_before_decoding(monkeypatch):
-    monkeypatch.setattr("ham_utils.images.MAX_PIXELS", 100)
+    monkeypatch.setattr("ham_utils.data.images.MAX_PIXELS", 100)
     with pytest.raises(DataError, match="downscale"):
         open_rgb(_encode(Image.new("RGB", (20, 20)), "PNG"))
 

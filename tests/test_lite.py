@@ -12,17 +12,18 @@ import numpy as np
 import pytest
 import skimage.data
 
-from ham_utils import config, lite
-from ham_utils.backbones import LITE_VARIANTS
+from ham_utils import config
+from ham_utils.config import LITE_VARIANTS
 from ham_utils.errors import WeightsUnavailableError
-from ham_utils.models import (
+from ham_utils.model import lite
+from ham_utils.model.build import (
     backbone_blocks,
     build_model,
     feature_layer_name,
     get_backbone,
     unfreeze_backbone,
 )
-from ham_utils.torch_legacy import MAGIC_NUMBER, TorchFileError, load_legacy_state_dict
+from ham_utils.model.torch_legacy import MAGIC_NUMBER, TorchFileError, load_legacy_state_dict
 
 # --- a legacy file written the way PyTorch < 1.6 wrote it ------------------------------------
 

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from ham_utils.losses import (
+from ham_utils.model.losses import (
     class_counts,
     class_weights,
     focal_alpha,

@@ -146,10 +146,10 @@ def test_importorskip_scan_finds_the_calls(tmp_path):
         "import pytest\n"
         "from pytest import importorskip\n"
         "def test_a():\n"
-        "    synthetic = pytest.importorskip('ham_utils.synthetic')\n"
+        "    synthetic = pytest.importorskip('ham_utils.data.synthetic')\n"
         "    importorskip('jax')\n"
     )
-    assert importorskip_calls(sample) == [(4, "ham_utils.synthetic"), (5, "jax")]
+    assert importorskip_calls(sample) == [(4, "ham_utils.data.synthetic"), (5, "jax")]
     assert "jax" in imported_distributions("jax.numpy")
 
 
@@ -176,7 +176,7 @@ def private_attributes(path: Path) -> list[str]:
 def test_the_package_and_the_app_use_no_private_attributes_of_other_objects():
     """Private Keras (or other libraries') API changes without notice; where one is ever
     needed, it gets a test here that fails when it changes, and an entry in this test."""
-    files = sorted([*(REPO / "ham_utils").glob("*.py"), *(REPO / "app").glob("*.py")])
+    files = sorted([*(REPO / "ham_utils").rglob("*.py"), *(REPO / "app").glob("*.py")])
     offenders = [hit for path in files for hit in private_attributes(path)]
     assert not offenders, offenders
 
@@ -187,7 +187,7 @@ def models() -> dict[str, object]:
     sequential model (as a loaded or wrapped model may be)."""
     import keras
 
-    from ham_utils.models import build_model
+    from ham_utils.model.build import build_model
 
     built = {
         name: build_model(name, 32, "none")
@@ -210,7 +210,7 @@ def test_all_layers_finds_what_keras_flatten_layers_finds(models):
     the private method changes."""
     import keras
 
-    from ham_utils.models import all_layers
+    from ham_utils.model.build import all_layers
 
     def ids(layers: list) -> set[int]:
         return {id(x) for x in layers if not isinstance(x, keras.layers.InputLayer)}
@@ -225,8 +225,8 @@ def test_export_reaches_layers_of_nested_models(models):
     """What export relies on the walk for: every layer to float32, every Normalization."""
     import keras
 
-    from ham_utils.export import compute_in_float32
-    from ham_utils.models import all_layers
+    from ham_utils.model.build import all_layers
+    from ham_utils.serve.export import compute_in_float32
 
     nested = models["nested functional"]
     norms = [x for x in all_layers(nested) if isinstance(x, keras.layers.Normalization)]

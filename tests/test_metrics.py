@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score
 
 from ham_utils.config import CLASSES
-from ham_utils.metrics import BalancedAccuracy, training_metrics
+from ham_utils.model.metrics import BalancedAccuracy, training_metrics
 
 K = len(CLASSES)
 ABSENT = 5  # a class that no label of the epoch has (it is still predicted sometimes)

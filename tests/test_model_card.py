@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ham_utils.bootstrap import bootstrap_intervals, with_interval
 from ham_utils.config import CLASSES
-from ham_utils.model_card import NOT_A_DEVICE, model_card, write_model_card
+from ham_utils.evaluation.bootstrap import bootstrap_intervals, with_interval
+from ham_utils.evaluation.model_card import NOT_A_DEVICE, model_card, write_model_card
+from ham_utils.evaluation.scoring import evaluation_metrics
+from ham_utils.evaluation.subgroups import as_records, subgroup_table
 from ham_utils.runs import open_run
-from ham_utils.scoring import evaluation_metrics
-from ham_utils.subgroups import as_records, subgroup_table
 
 
 def _evaluated(tiny_run, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from keras.src.utils import file_utils
 
 from ham_utils.config import ParamsError
-from ham_utils.models import (
+from ham_utils.model.build import (
     BACKBONES,
     CaffePreprocessing,
     WeightsUnavailableError,

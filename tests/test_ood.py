@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from ham_utils.ood import FeatureExtractor, OodDetector, fit_detector, stage_layers
+from ham_utils.evaluation.ood import FeatureExtractor, OodDetector, fit_detector, stage_layers
 
 SIZE = 64
 
@@ -28,8 +28,8 @@ def _lesions(n: int, seed: int) -> np.ndarray:
     from PIL import Image
 
     from ham_utils.config import CLASSES
-    from ham_utils.images import resize_square
-    from ham_utils.synthetic import render_lesion_image
+    from ham_utils.data.images import resize_square
+    from ham_utils.data.synthetic import render_lesion_image
 
     rng = np.random.default_rng(seed)
     return np.stack([
@@ -41,7 +41,7 @@ def _lesions(n: int, seed: int) -> np.ndarray:
 def _not_lesions() -> dict[str, np.ndarray]:
     from PIL import Image
 
-    from ham_utils.images import resize_square
+    from ham_utils.data.images import resize_square
 
     photos = {
         name: getattr(skimage.data, name)()

@@ -10,10 +10,17 @@ import yaml
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from ham_utils.backbones import BACKBONES
 from ham_utils.cli import build_parser, main
-from ham_utils.config import CHOICES, HEADS, MODELS, PARAMETER_NAMES, ParamsError, load_params
-from ham_utils.notebook import setup
+from ham_utils.config import (
+    BACKBONES,
+    CHOICES,
+    HEADS,
+    MODELS,
+    PARAMETER_NAMES,
+    ParamsError,
+    load_params,
+)
+from ham_utils.report.notebook import setup
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -119,7 +126,7 @@ def test_an_unknown_backbone_is_refused_when_the_parameters_are_read():
 
 
 def test_each_list_of_allowed_values_has_one_owner():
-    import ham_utils.models as models
+    import ham_utils.model.build as models
 
     assert CHOICES["head"] is HEADS and models.HEADS is HEADS
     assert models.BACKBONES is BACKBONES

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from ham_utils.pipeline import EvaluationStream, TrainingStream, oversampled_indices
+from ham_utils.train.pipeline import EvaluationStream, TrainingStream, oversampled_indices
 
 LABELS = np.repeat(np.arange(7), [2, 5, 11, 1, 11, 67, 3])  # HAM10000-like imbalance, 100 images
 
@@ -84,7 +84,7 @@ def test_augment_and_mix_are_applied_to_training_batches(images):
 
 
 def test_training_batches_draw_fresh_augmentation_and_trace_it_once(images):
-    from ham_utils.augment import build_augmenter
+    from ham_utils.train.augment import build_augmenter
 
     augmenter = build_augmenter(seed=1)
     traces = []
@@ -122,8 +122,8 @@ def test_evaluation_stream_keeps_order_and_every_image(images):
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data on TensorFlow")
 def test_tf_data_pipeline_gives_the_stream_batches_transformed_in_graph_mode(images):
-    from ham_utils.augment import MixUpCutMix, build_augmenter
-    from ham_utils.pipeline import EpochOrder, tf_dataset
+    from ham_utils.train.augment import MixUpCutMix, build_augmenter
+    from ham_utils.train.pipeline import EpochOrder, tf_dataset
 
     augmenter = build_augmenter(seed=1)
     stream = TrainingStream(
@@ -151,7 +151,7 @@ def test_tf_data_pipeline_gives_the_stream_batches_transformed_in_graph_mode(ima
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data on TensorFlow")
 def test_tf_data_pipeline_runs_without_the_autotuner_on_its_own_threads(images):
-    from ham_utils.pipeline import tf_dataset
+    from ham_utils.train.pipeline import tf_dataset
 
     options = tf_dataset(TrainingStream(images, LABELS, 8, seed=3)).options()
     # The autotuner's background thread could block the end of an epoch for seconds.

@@ -10,10 +10,10 @@ from conftest import encode, lesion, png_header_only, run_cli
 from PIL import Image
 
 from ham_utils.config import CLASSES, RISK_OF_CLASS
+from ham_utils.data.images import MAX_PIXELS
 from ham_utils.errors import DataError
-from ham_utils.images import MAX_PIXELS
-from ham_utils.predict import Predictor, predict_paths
 from ham_utils.runs import open_run
+from ham_utils.serve.predict import Predictor, predict_paths
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ def test_an_image_the_ood_check_flags_gets_a_warning_instead_of_a_risk_level(
 ):
     from dataclasses import replace
 
-    from ham_utils.ood import OOD_MESSAGE, FeatureExtractor, fit_detector
+    from ham_utils.evaluation.ood import OOD_MESSAGE, FeatureExtractor, fit_detector
 
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)

@@ -22,7 +22,7 @@ from conftest import REPO, run_cli
 from PIL import Image
 
 from ham_utils.config import load_params
-from ham_utils.evaluate import FIGURES
+from ham_utils.evaluation.evaluate import FIGURES
 from ham_utils.runs import METRICS_FILE, PREDICTIONS_FILE, evaluation_at
 
 RECIPES = ("b3", "b4")
@@ -109,7 +109,7 @@ def check_gradcam(run_dir: Path, printed: list[Path]) -> None:
     [pytest.param(r, marks=() if r in IN_MAKE_TEST else pytest.mark.recipes) for r in RECIPES],
 )
 def test_recipe_runs_in_mixed_bfloat16(project_root, recipe):
-    from ham_utils.models import load_model
+    from ham_utils.model.build import load_model
 
     run_dir = train_evaluate_explain(project_root, recipe, mixed_precision="mixed_bfloat16")
     environment = json.loads((run_dir / "environment.json").read_text())

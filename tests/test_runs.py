@@ -8,9 +8,9 @@ import pytest
 
 from ham_utils import config
 from ham_utils.config import load_params
+from ham_utils.data.split import check_images_found, read_splits, relative_paths
 from ham_utils.errors import DataError
 from ham_utils.runs import SPLITS_FILE, open_run, run_id
-from ham_utils.split import check_images_found, read_splits, relative_paths
 
 
 def test_the_run_id_keeps_the_data_folders_name_not_where_it_lies():
@@ -47,7 +47,7 @@ def test_a_run_without_classes_json_is_an_error_not_a_default(tiny_run, tmp_path
 
 
 def test_train_refuses_a_run_folder_of_another_split(tmp_path, monkeypatch):
-    from ham_utils.train import _check_same_split
+    from ham_utils.train.loop import _check_same_split
 
     monkeypatch.setattr(config, "PROCESSED_ROOT", tmp_path / "processed")
     params = load_params(None, {"data_dir": str(tmp_path / "HAM10000")})

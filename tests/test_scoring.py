@@ -6,7 +6,7 @@ import pytest
 from scipy.special import softmax
 
 from ham_utils.config import CLASSES
-from ham_utils.scoring import (
+from ham_utils.evaluation.scoring import (
     apply_temperature,
     evaluation_metrics,
     expected_calibration_error,
@@ -171,7 +171,7 @@ def test_temperature_scaling_recovers_a_known_temperature():
 
 
 def test_the_screening_threshold_is_the_highest_that_reaches_the_sensitivity():
-    from ham_utils.scoring import operating_point, threshold_for_sensitivity
+    from ham_utils.evaluation.scoring import operating_point, threshold_for_sensitivity
 
     positive = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0], dtype=bool)
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.6, 0.3, 0.1, 0.0])
@@ -186,7 +186,7 @@ def test_the_screening_threshold_is_the_highest_that_reaches_the_sensitivity():
 
 
 def test_risk_coverage_keeps_the_most_confident_first():
-    from ham_utils.scoring import risk_coverage, selective_summary
+    from ham_utils.evaluation.scoring import risk_coverage, selective_summary
 
     # Four confident right answers, then two unsure wrong ones.
     y = np.array([0, 1, 0, 1, 0, 1])

@@ -7,9 +7,8 @@ import pytest
 from PIL import Image
 
 from ham_utils.config import load_params
-from ham_utils.errors import DataError, DataWarning
-from ham_utils.prepare import cached_split, prepare_splits
-from ham_utils.split import (
+from ham_utils.data.prepare import cached_split, prepare_splits
+from ham_utils.data.split import (
     EXTRA_SUFFIX,
     SPLITS,
     class_table,
@@ -20,7 +19,8 @@ from ham_utils.split import (
     max_share_deviation,
     write_splits,
 )
-from ham_utils.synthetic import generate_metadata
+from ham_utils.data.synthetic import generate_metadata
+from ham_utils.errors import DataError, DataWarning
 
 REAL_METADATA = (
     Path(__file__).resolve().parents[2] / "shared/data/ham10000_200x150/HAM10000_metadata.csv"
@@ -210,12 +210,14 @@ def test_no_coverage_problem_when_every_class_reaches_every_split(small):
 def test_training_refuses_a_class_without_training_images_before_building_a_model(
     tmp_path, params_for, monkeypatch
 ):
-    from ham_utils import models
-    from ham_utils.train import train
+    from ham_utils.model import build as models
+    from ham_utils.train.loop import train
 
     params = params_for(write_dataset(tmp_path / "data", NO_VASC))
     split_quietly(params)
-    monkeypatch.setattr("ham_utils.prepare.cached_split", lambda *a, **k: pytest.fail("cached"))
+    monkeypatch.setattr(
+        "ham_utils.data.prepare.cached_split", lambda *a, **k: pytest.fail("cached")
+    )
     monkeypatch.setattr(models, "build_model", lambda *a, **k: pytest.fail("model built"))
     with pytest.raises(
         DataError,

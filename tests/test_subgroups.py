@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ham_utils.config import CLASSES
-from ham_utils.subgroups import MIN_READABLE, as_records, subgroup_labels, subgroup_table
+from ham_utils.evaluation.subgroups import MIN_READABLE, as_records, subgroup_labels, subgroup_table
 
 
 def test_each_image_lands_in_its_subgroup():

@@ -1,19 +1,14 @@
 """Sweeps over a grid file: order, skipping what is done, failures, resuming after a kill."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from conftest import REPO, project_env, run_cli
+from conftest import REPO, project_env, run_cli, run_until_killed
 
-from ham_utils import sweep as sweep_module
 from ham_utils.config import ParamsError
 from ham_utils.runs import run_id
-from ham_utils.sweep import load_grid, run_sweep
+from ham_utils.studies import sweep as sweep_module
+from ham_utils.studies.sweep import load_grid, run_sweep
 
 GRID = """
 common:
@@ -105,7 +100,7 @@ def test_a_grid_is_checked_before_anything_runs(folders, tmp_path):
 
 
 def test_the_shipped_grids_load_with_their_parameter_files():
-    from ham_utils.sweep import check_grid
+    from ham_utils.studies.sweep import check_grid
 
     for grid, params in (("imbalance", "cpu"), ("demo", "smoke")):
         loaded = load_grid(REPO / "params" / "grids" / f"{grid}.yaml")
@@ -118,24 +113,12 @@ def test_the_shipped_grids_load_with_their_parameter_files():
 def test_a_killed_sweep_resumes_the_interrupted_variant_and_skips_the_finished(project_root):
     """The demo grid on the demo data, killed during its second variant, then run again."""
     args = ["-m", "ham_utils", "sweep", "--grid", "params/grids/demo.yaml"]
-    first = subprocess.Popen(
-        [sys.executable, *args],
-        cwd=REPO,
-        env=project_env(project_root),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    killed_state = run_until_killed(
+        args,
+        project_env(project_root),
+        lambda: list((project_root / "runs").glob("demo-focal_weights-*/state.json")),
+        lambda state: state["epochs_done"] >= 1,
     )
-    deadline = time.monotonic() + 400
-    killed_state = None
-    while time.monotonic() < deadline and first.poll() is None:
-        found = list((project_root / "runs").glob("demo-focal_weights-*/state.json"))
-        if found and json.loads(found[0].read_text())["epochs_done"] >= 1:
-            killed_state = found[0]
-            break
-        time.sleep(0.1)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
     assert killed_state is not None, "the second variant never finished an epoch"
     assert not json.loads(killed_state.read_text())["finished"]
 

@@ -7,11 +7,10 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.tree import DecisionTreeClassifier
 
-import ham_utils.synthetic as synthetic
+import ham_utils.data.synthetic as synthetic
 from ham_utils.config import CLASSES, METADATA_COLUMNS, ParamsError
-from ham_utils.errors import DataError
-from ham_utils.images import open_rgb
-from ham_utils.synthetic import (
+from ham_utils.data.images import open_rgb
+from ham_utils.data.synthetic import (
     IMAGE_FOLDERS,
     MARKER_FILE,
     METADATA_FILE,
@@ -21,6 +20,7 @@ from ham_utils.synthetic import (
     is_synthetic,
     render_lesion_image,
 )
+from ham_utils.errors import DataError
 
 WIDTH, HEIGHT = 64, 48
 

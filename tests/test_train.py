@@ -2,17 +2,16 @@
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, project_env, run_cli, run_python
+from conftest import REPO, project_env, run_cli, run_python, run_until_killed
 
 from ham_utils.config import load_params
-from ham_utils.train import run_id
+from ham_utils.train.loop import run_id
 
 # Tiny but real: 200 synthetic images, 32 px, EfficientNetB0 from random weights.
 TINY = {
@@ -52,7 +51,7 @@ def test_run_id_follows_the_parameters():
 
 
 def test_plateau_schedule_adds_reduce_lr_on_plateau_in_phase_two_only():
-    from ham_utils.train import _plateau_callback
+    from ham_utils.train.loop import _plateau_callback
 
     plateau = load_params(None, {"lr_schedule": "plateau", "patience": 6})
     (callback,) = _plateau_callback(plateau, phase=2)
@@ -75,43 +74,80 @@ def test_a_run_being_trained_by_another_process_is_refused(project_root):
     assert "another process is training" in result.stderr
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_where_it_stopped_and_tracks_one_mlflow_run(project_root):
-    args = ["train", *tiny_args(finetune_epochs=3, track="true", run_name="resume")]
-    env = project_env(project_root)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "ham_utils", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 400
-    state_file = None
-    while time.monotonic() < deadline and first.poll() is None:
-        found = list((project_root / "runs").glob("*/state.json"))
-        if found and json.loads(found[0].read_text())["epochs_done"] >= 2:
-            state_file = found[0]
-            break
-        time.sleep(0.1)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert state_file is not None, "the run never finished two epochs"
-    killed = json.loads(state_file.read_text())
-    assert not killed["finished"] and 2 <= killed["epochs_done"] < 4
-    history_before = pd.read_csv(state_file.parent / "history.csv")
+# Prints the optimizer's step count after each epoch is saved; used for the run that is
+# killed and resumed below.
+COUNTING_STEPS = """
+import sys
+from ham_utils.cli import main
+from ham_utils.train import loop
 
-    second = run_cli(project_root, *args)
+save = loop.RunCheckpoint.on_epoch_end
+
+def on_epoch_end(self, epoch, logs=None):
+    save(self, epoch, logs)
+    iterations = int(self.model.optimizer.iterations)
+    print("epoch", epoch, "iterations", iterations, file=sys.stderr, flush=True)
+
+loop.RunCheckpoint.on_epoch_end = on_epoch_end
+raise SystemExit(main(sys.argv[1:]))
+"""
+RESUMED = {"finetune_epochs": 3, "track": "true", "run_name": "resume", "lr_schedule": "cosine"}
+
+
+@dataclass
+class Resumed:
+    """A tiny run killed after its first fine-tuning epoch (or later), then resumed."""
+
+    root: Path
+    args: list[str]
+    killed: dict  # its state.json when it was killed
+    history_before: pd.DataFrame
+    steps: int  # optimizer steps in one fine-tuning epoch
+    resumed: subprocess.CompletedProcess
+    run_dir: Path
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory) -> Resumed:
+    """One run serves the resume tests: killed from outside (SIGKILL) once its state says two
+    epochs (the warm-up and one fine-tuning epoch) are done, then run again to the end."""
+    root = tmp_path_factory.mktemp("project")
+    args = ["train", *tiny_args(**RESUMED)]
+    log = root / "killed.log"
+
+    def after_one_finetuning_epoch(state: dict) -> bool:
+        return state["epochs_done"] >= 2 and "epoch 1 iterations" in log.read_text()
+
+    state_file = run_until_killed(
+        ["-c", COUNTING_STEPS, *args],
+        project_env(root),
+        lambda: list((root / "runs").glob("*/state.json")),
+        after_one_finetuning_epoch,
+        stderr=log,
+    )
+    assert state_file is not None, "the run never finished two epochs: " + log.read_text()[-3000:]
+    steps = int(log.read_text().split("epoch 1 iterations ")[1].split()[0])
+    killed = json.loads(state_file.read_text())
+    history_before = pd.read_csv(state_file.parent / "history.csv")
+    second = run_cli(root, *args)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert f"resuming phase 2 after epoch {killed['epochs_done']}" in second.stderr
-    run_dir = project_root / second.stdout.strip().splitlines()[-1]
+    run_dir = root / second.stdout.strip().splitlines()[-1]
     assert run_dir == state_file.parent
+    return Resumed(root, args, killed, history_before, steps, second, run_dir)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_where_it_stopped_and_tracks_one_mlflow_run(resumed):
+    killed = resumed.killed
+    assert not killed["finished"] and 2 <= killed["epochs_done"] < 4
+    assert f"resuming phase 2 after epoch {killed['epochs_done']}" in resumed.resumed.stderr
+    run_dir = resumed.run_dir
 
     history = pd.read_csv(run_dir / "history.csv")
     assert history["epoch"].tolist() == [0, 1, 2, 3]  # as many as an uninterrupted run
     assert history["phase"].tolist() == [1, 2, 2, 2]
     done = killed["epochs_done"]
-    pd.testing.assert_frame_equal(history.iloc[:done], history_before.iloc[:done])
+    pd.testing.assert_frame_equal(history.iloc[:done], resumed.history_before.iloc[:done])
     state = json.loads((run_dir / "state.json").read_text())
     assert state["finished"] and state["epochs_done"] == 4
     files = ("best.keras", "last.keras", "params.yaml", "splits.csv", "timing.json")
@@ -120,13 +156,13 @@ def test_killed_run_resumes_where_it_stopped_and_tracks_one_mlflow_run(project_r
 
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{project_root / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{resumed.root / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["ham10000"])
     assert len(runs) == 1  # the resumed run continued the same MLflow run
     metric = mlflow.MlflowClient().get_metric_history(state["mlflow_run_id"], "val_loss")
     assert sorted({m.step for m in metric}) == [0, 1, 2, 3]
 
-    again = run_cli(project_root, *args)  # a finished run is not trained again
+    again = run_cli(resumed.root, *resumed.args)  # a finished run is not trained again
     assert again.returncode == 0 and "already complete" in again.stderr
 
 
@@ -137,7 +173,7 @@ def test_training_runs_on_two_devices_with_mirrored_strategy(project_root):
         "cpu = tf.config.list_physical_devices('CPU')[0]\n"
         "two = [tf.config.LogicalDeviceConfiguration()] * 2\n"
         "tf.config.set_logical_device_configuration(cpu, two)\n"
-        "from ham_utils.train import distribution_strategy\n"
+        "from ham_utils.train.loop import distribution_strategy\n"
         "print('replicas', distribution_strategy().num_replicas_in_sync, file=sys.stderr)\n"
         "from ham_utils.cli import main\n"
         "raise SystemExit(main(sys.argv[1:]))\n"
@@ -178,56 +214,29 @@ def test_training_runs_on_the_jax_backend(project_root, request):
     assert len(history) == 2 and history["loss"].notna().all()
 
 
-# Stops the process the moment the first epoch is saved, as a kill would, after printing the
-# optimizer's step count.
-KILLED_AFTER_ONE_EPOCH = """
-import os, sys
-from ham_utils import train
-from ham_utils.cli import main
-
-save = train.RunCheckpoint.on_epoch_end
-
-def on_epoch_end(self, epoch, logs=None):
-    save(self, epoch, logs)
-    print("iterations", int(self.model.optimizer.iterations), file=sys.stderr, flush=True)
-    os._exit(9)
-
-train.RunCheckpoint.on_epoch_end = on_epoch_end
-raise SystemExit(main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.slow
-def test_a_resumed_run_continues_the_optimizer_step_count_and_learning_rate(project_root):
-    """Killed after one fine-tuning epoch and resumed: the optimizer continues its step count
-    (saved in last.keras), so the cosine schedule goes on instead of starting again."""
+def test_a_resumed_run_continues_the_optimizer_step_count_and_learning_rate(resumed):
+    """The optimizer continues its step count (saved in last.keras), so the cosine schedule
+    goes on instead of starting again."""
     import keras
     import numpy as np
 
-    from ham_utils.models import load_model
-    from ham_utils.train import _optimizer
+    from ham_utils.model.build import load_model
+    from ham_utils.train.loop import _optimizer
 
-    settings = {"warmup_epochs": 0, "finetune_epochs": 2, "lr_schedule": "cosine"}
-    args = ["train", *tiny_args(**settings, run_name="steps")]
-    env = project_env(project_root)
-    killed = run_python("-c", KILLED_AFTER_ONE_EPOCH, *args, env=env, timeout=600)
-    assert killed.returncode == 9, killed.stderr[-3000:]
-    steps = int(killed.stderr.split("iterations ")[-1].split()[0])  # one epoch's steps
+    steps = resumed.steps
     assert steps > 1
+    optimizer = load_model(resumed.run_dir / "last.keras", compile=True).optimizer
+    epochs = RESUMED["finetune_epochs"]
+    assert int(optimizer.iterations) == epochs * steps  # a restarted count would be fewer
 
-    resumed = run_cli(project_root, *args)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming phase 2 after epoch 1" in resumed.stderr
-    run_dir = project_root / resumed.stdout.strip().splitlines()[-1]
-    optimizer = load_model(run_dir / "last.keras", compile=True).optimizer
-    assert int(optimizer.iterations) == 2 * steps  # not `steps`: a restarted count
-
-    params = load_params(REPO / "params" / "smoke.yaml", {**TINY, **settings})
+    params = load_params(REPO / "params" / "smoke.yaml", {**TINY, **RESUMED})
     fresh = _optimizer(params, 2, steps)
     expected = []  # the schedule's rate at the start of each epoch of an uninterrupted run
-    for step in (0, steps):
+    for step in range(0, epochs * steps, steps):
         fresh.iterations.assign(step)
         expected.append(float(keras.ops.convert_to_numpy(fresh.learning_rate)))
     assert expected[0] != pytest.approx(expected[1])  # the schedule moves in one epoch
-    history = pd.read_csv(run_dir / "history.csv")
-    np.testing.assert_allclose(history["learning_rate"], expected, rtol=1e-5)
+    history = pd.read_csv(resumed.run_dir / "history.csv")
+    finetuning = history[history["phase"] == 2]
+    np.testing.assert_allclose(finetuning["learning_rate"], expected, rtol=1e-5)

@@ -1,0 +1,185 @@
+"""MLflow experiment tracking into a local store in the project (no server needed).
+
+Metadata go to ``mlflow.db`` (SQLite, MLflow's default backend since 3.7) and artifacts to
+``mlruns/`` at the project root; ``MLFLOW_TRACKING_URI`` overrides the store. The parameter
+``track: false`` turns all of it off. A resumed run continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from ham_utils import runs
+from ham_utils.config import PROJECT_ROOT, Params
+
+log = logging.getLogger("ham_utils")
+
+EXPERIMENT = "ham10000"
+ARTIFACTS = (
+    runs.PARAMS_FILE,
+    runs.HISTORY_FILE,
+    runs.CURVES_FILE,
+    runs.TIMING_FILE,
+    runs.ENVIRONMENT_FILE,
+    runs.SPLIT_INFO_FILE,
+)
+EVALUATION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc", "ece")
+
+# MLflow announces creating and upgrading its SQLite store at INFO (alembic too, one line per
+# migration), and draws a tqdm.auto bar per artifact upload, which in a notebook kernel
+# without ipywidgets only warns "IProgress not found". None of it is news in a report.
+for _name in ("mlflow.store.db.utils", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def _experiment_id() -> str:
+    """The project's experiment in the store (created on first use)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow.create_experiment(
+        EXPERIMENT, artifact_location=(PROJECT_ROOT / "mlruns").as_uri()
+    )
+
+
+def parent_tags(parent_run_id: str) -> dict[str, str]:
+    """Tags that show a run nested under ``parent_run_id`` in the MLflow UI."""
+    return {"mlflow.parentRunId": parent_run_id}
+
+
+def start_parent_run(name: str, run_id: str = "", tags: dict[str, str] | None = None) -> str:
+    """Open (or reopen, given ``run_id``) a parent run that groups other runs, e.g. the
+    variants of a sweep; it stays open, without being the active run, until
+    :func:`end_parent_run`."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    return client.create_run(_experiment_id(), run_name=name, tags=tags or {}).info.run_id
+
+
+def end_parent_run(run_id: str, failed: bool) -> None:
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri()).set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def tag_run(run_dir: Path, tags: dict[str, str]) -> None:
+    """Set tags on the MLflow run of a training run, if it has one (e.g. a run trained before
+    a sweep took it in)."""
+    from ham_utils.runs import RunState
+
+    run_id = RunState.load(run_dir).mlflow_run_id
+    if not run_id:
+        return
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+class Tracker:
+    """Context manager around one MLflow run of a training run; a no-op when tracking is off."""
+
+    def __init__(
+        self, params: Params, run_dir: Path, state: Any, tags: dict[str, str] | None = None
+    ) -> None:
+        self.params, self.run_dir, self.state = params, run_dir, state
+        self.tags = tags or {}
+        self.enabled = params.track
+        self.mlflow: Any = None
+
+    def __enter__(self) -> Tracker:
+        if not self.enabled:
+            return self
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.set_experiment(experiment_id=_experiment_id())
+        run = mlflow.start_run(run_id=self.state.mlflow_run_id or None, run_name=self.run_dir.name)
+        if not self.state.mlflow_run_id:
+            self.state.mlflow_run_id = run.info.run_id
+            mlflow.log_params(self.params.as_dict())
+            mlflow.set_tags(
+                {
+                    "run_dir": str(self.run_dir),
+                    "synthetic_data": self.params.uses_demo_data,
+                    **self.tags,
+                }
+            )
+        log.info("MLflow run %s in %s", run.info.run_id, tracking_uri())
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if self.mlflow is not None:
+            self.mlflow.end_run(status="FINISHED" if exc_type is None else "KILLED")
+
+    def callback(self) -> keras.callbacks.Callback:
+        """Logs every epoch's metrics (and learning rate) to the active run."""
+        tracker = self
+
+        class _LogEpoch(keras.callbacks.Callback):
+            learning_rate = 0.0
+
+            def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+                self.learning_rate = float(
+                    keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+                )
+
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                if tracker.mlflow is None:
+                    return
+                metrics = {k: float(v) for k, v in (logs or {}).items()}
+                metrics["learning_rate"] = self.learning_rate  # at the start of the epoch
+                tracker.mlflow.log_metrics(metrics, step=epoch)
+
+        return _LogEpoch()
+
+    def log_artifacts(self, run_dir: Path) -> None:
+        if self.mlflow is None:
+            return
+        for name in ARTIFACTS:
+            if (run_dir / name).is_file():
+                self.mlflow.log_artifact(str(run_dir / name))
+        best = run_dir / runs.MODEL_FILES["best"]
+        if best.is_file():
+            self.mlflow.log_artifact(str(best), artifact_path="model")
+
+
+def log_evaluation(
+    run_dir: Path, which: str, set_name: str, metrics: dict[str, Any], out_dir: Path
+) -> None:
+    """Add an evaluation's headline metrics (``<model>_<set>_<metric>``) and files to the run's
+    MLflow run, if it has one."""
+    from ham_utils.runs import RunState
+
+    run_id = RunState.load(run_dir).mlflow_run_id
+    if not run_id:
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    with mlflow.start_run(run_id=run_id):
+        values = {
+            f"{which}_{set_name}_{k}": metrics[k]
+            for k in EVALUATION_METRICS
+            if metrics[k] is not None
+        }
+        mlflow.log_metrics(values)
+        mlflow.log_artifacts(str(out_dir), artifact_path=f"evaluation/{which}/{set_name}")
