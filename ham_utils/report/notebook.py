@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from typing import Any
 
 # A notebook keeps every progress-bar update as output: update every 10 s, not 10 times a
@@ -13,6 +14,7 @@ from typing import Any
 os.environ.setdefault("TQDM_MININTERVAL", "10")
 
 import pandas as pd
+from tqdm import TqdmWarning
 
 from ham_utils.config import PARAMETER_NAMES, Params, ParamsError, load_params, resolve_path
 from ham_utils.errors import capture_warnings, filter_native_noise
@@ -57,6 +59,9 @@ def setup(
     """
     if "ipykernel" in sys.modules:  # a kernel shows native output in the notebook
         filter_native_noise()
+        # tqdm.auto (imported by MLflow and others) falls back to text bars in a kernel
+        # without ipywidgets, and says so on import: true, and no news in a report.
+        warnings.filterwarnings("ignore", "IProgress not found", TqdmWarning)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", force=True)
     capture_warnings()  # one line per warning, without Python's source line
     overrides = dict(overrides or {})

@@ -31,8 +31,7 @@ ARTIFACTS = (
 EVALUATION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc", "ece")
 
 # MLflow announces creating and upgrading its SQLite store at INFO (alembic too, one line per
-# migration), and draws a tqdm.auto bar per artifact upload, which in a notebook kernel
-# without ipywidgets only warns "IProgress not found". None of it is news in a report.
+# migration), and draws a tqdm.auto bar per artifact upload. None of it is news in a report.
 for _name in ("mlflow.store.db.utils", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
