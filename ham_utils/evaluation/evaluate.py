@@ -182,12 +182,7 @@ def _write_figures(
 ) -> None:
     """The set's figures; bands from ``counts``, the resamples of the metrics' intervals."""
     from ham_utils.evaluation.bootstrap import reliability_bands, roc_bands
-    from ham_utils.evaluation.scoring import (
-        SELECTIVE_COVERAGES,
-        expected_calibration_error,
-        reliability_table,
-        risk_coverage,
-    )
+    from ham_utils.evaluation.scoring import SELECTIVE_COVERAGES, reliability_table, risk_coverage
     from ham_utils.figures import evaluation as figures_of
     from ham_utils.figures.training import plot_training_curves
 
@@ -202,7 +197,7 @@ def _write_figures(
     figures_of.plot_pr_curves(labels, probs, classes, figures / "precision_recall.png")
     figures_of.plot_reliability(
         reliability_table(labels, probs),
-        expected_calibration_error(labels, probs),
+        metrics["ece"],  # of these probabilities, by evaluation_metrics
         path=figures / "reliability.png",
         bands=reliability_bands(labels, probs, counts),
     )
