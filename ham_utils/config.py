@@ -386,6 +386,15 @@ def coerce_value(key: str, value: Any) -> Any:
     raise ParamsError(f"{key} must be a {type(default).__name__}, got {value!r}")
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parser's complaint in one line, with the line and column in the file (the
+    parser's own message names ``<unicode string>``, not the file)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
 def parse_override(text: str) -> tuple[str, str]:
     """Split a ``key=value`` command-line override."""
     key, sep, value = text.partition("=")
@@ -415,7 +424,10 @@ def load_params(
         path = Path(path)
         if not path.is_file():
             raise ParamsError(f"parameter file {path} not found; see params/ for examples")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ParamsError(f"{path} is not valid YAML: {yaml_problem(e)}") from None
         if not isinstance(loaded, dict):
             raise ParamsError(f"{path} must be a mapping of key: value lines")
         _check_known(loaded, f"in {path}")

@@ -142,3 +142,15 @@ def test_a_killed_sweep_resumes_the_interrupted_variant_and_skips_the_finished(p
     children = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent]
     assert sorted(r.data.tags["variant"] for r in children) == ["cross_entropy", "focal_weights"]
     assert runs[parent].info.status == "FINISHED"
+
+
+def test_a_malformed_grid_or_parameter_file_is_an_error_naming_the_file(tmp_path):
+    from ham_utils.config import load_params
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("variants:\n  a: {loss: focal\n  b: {loss: crossentropy}\n")
+    with pytest.raises(ParamsError, match=r"broken\.yaml is not valid YAML: line \d+") as error:
+        load_grid(broken)
+    assert "<unicode string>" not in str(error.value)
+    with pytest.raises(ParamsError, match=r"broken\.yaml is not valid YAML"):
+        load_params(broken)

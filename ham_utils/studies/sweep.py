@@ -33,7 +33,14 @@ from typing import Any
 
 import yaml
 
-from ham_utils.config import RUNS_ROOT, SWEEPS_ROOT, Params, ParamsError, load_params
+from ham_utils.config import (
+    RUNS_ROOT,
+    SWEEPS_ROOT,
+    Params,
+    ParamsError,
+    load_params,
+    yaml_problem,
+)
 from ham_utils.runs import RunState, evaluation_at, run_id, write_atomic
 
 log = logging.getLogger("ham_utils")
@@ -63,7 +70,10 @@ def load_grid(path: str | Path) -> Grid:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"grid file {path} not found; see params/grids/ for examples")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(loaded, dict) or not isinstance(loaded.get("variants"), dict):
         raise ParamsError(f"{path} must hold a mapping 'variants:' of name: overrides")
     unknown = sorted(set(loaded) - {"common", "variants"})
