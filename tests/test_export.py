@@ -177,3 +177,23 @@ def test_a_pretrained_lite_run_exports_with_the_keras_probabilities(fmt, tiny_li
     pixels = check_images(64).astype(np.float32)
     expected = np.asarray(lite_run.load_model()(pixels, training=False))
     assert np.abs(RUNTIMES[fmt](exported.path, pixels) - expected).max() < 1e-3
+
+
+def test_a_destination_that_cannot_be_written_is_refused_before_the_model_is_loaded(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    from ham_utils.cli import main
+    from ham_utils.runs import Run
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the destination was checked")
+
+    monkeypatch.setattr(Run, "load_model", no_loading)
+    existing = tmp_path / "model.tflite"
+    existing.write_bytes(b"an earlier export")
+    args = ["export", "--run", str(tiny_run), "--format", "tflite", "--out"]
+    assert main([*args, str(existing)]) == 2
+    assert f"{existing} is a file, not a folder" in capsys.readouterr().err
+    assert existing.read_bytes() == b"an earlier export"
+    assert main([*args, str(existing / "inside")]) == 2
+    assert f"cannot write the export into {existing / 'inside'}" in capsys.readouterr().err

@@ -239,6 +239,25 @@ def _write(model: Any, fmt: str, path: Path) -> None:
         tf2onnx_log.setLevel(level)
 
 
+def check_destination(out_dir: Path) -> None:
+    """Make sure the export can be written into the folder ``out_dir`` (created if missing):
+    a file of that name, or a folder that cannot be written, is an :class:`ExportError`."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(
+            f"{out_dir} is a file, not a folder; give --out a folder (created if missing), "
+            "into which the model and its sidecar are written"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir, prefix=".export-probe-"):
+            pass
+    except OSError as e:
+        raise ExportError(
+            f"cannot write the export into {out_dir} ({e.strerror or e}); give --out a folder "
+            "you can write to"
+        ) from None
+
+
 def _replace(src: Path, dst: Path) -> None:
     if dst.is_dir():
         shutil.rmtree(dst)
@@ -269,6 +288,8 @@ def export_run(
             f"{keras.backend.backend()!r}; run it with KERAS_BACKEND=tensorflow"
         )
     _require(fmt)
+    out_dir = Path(out) if out is not None else run.path / EXPORT_DIR
+    check_destination(out_dir)  # before minutes of loading and converting
     size = run.params.image_size
     images = check_images(size) if images is None else np.asarray(images)
     if images.ndim != 4 or images.shape[1:] != (size, size, 3):
@@ -278,8 +299,6 @@ def export_run(
     compute_in_float32(model)
     expected = keras_probabilities(model, images)  # a model must have been called to export
 
-    out_dir = Path(out) if out is not None else run.path / EXPORT_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / ARTIFACTS[fmt]
     # Written and checked in a temporary folder first: a failed export leaves nothing behind.
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
