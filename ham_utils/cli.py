@@ -161,17 +161,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """One JSON line per image; exit code 1 when any image could not be predicted."""
     import json
 
-    from ham_utils.serve.predict import Predictor, predict_paths
+    from ham_utils.serve.predict import Predictor, image_paths, predict_paths
 
     run = _run(args)
     if not args.images:
         raise ParamsError("give at least one image file or folder to predict")
+    paths = image_paths(args.images)  # before the model is loaded: no image is an error
     predictor = Predictor(run, args.which)
     gradcam_dir = Path(args.gradcam) if args.gradcam else None
     failed = 0
-    for record in predict_paths(predictor, args.images, gradcam_dir):
+    for record in predict_paths(predictor, paths, gradcam_dir):
         failed += "error" in record
-        print(json.dumps(record), flush=True)
+        print(json.dumps(record, ensure_ascii=False), flush=True)
     if failed:
         log.warning('%d image(s) could not be predicted; see their "error" lines', failed)
     return 1 if failed else 0

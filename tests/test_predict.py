@@ -262,3 +262,28 @@ def test_a_pretrained_lite_run_predicts_and_explains_from_its_last_feature_map(t
     assert prediction.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
     # 64 px gives a 2x2 feature map: an explanation that is not one flat value
     assert prediction.heatmap.max() == pytest.approx(1.0) and np.ptp(prediction.heatmap) > 0.1
+
+
+def test_predict_names_what_a_folder_held_besides_images_and_refuses_no_image_at_all(
+    tiny_run, tmp_path, monkeypatch, capsys, caplog
+):
+    from ham_utils.cli import main
+
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no image here")
+    monkeypatch.setattr(Predictor, "__init__", lambda *a, **k: pytest.fail("model loaded"))
+    assert main(["predict", "--run", str(tiny_run), str(empty)]) == 2
+    assert f"no image files in {empty}" in capsys.readouterr().err
+    assert "skipped 2 entries that are not image files (notes.txt, sub/)" in caplog.text
+    monkeypatch.undo()
+
+    caplog.clear()
+    mixed = tmp_path / "Läsionen"
+    (mixed / "older").mkdir(parents=True)
+    Image.fromarray(lesion(seed=5)).save(mixed / "naevus_ü.png")
+    (mixed / "notes.txt").write_text("not an image")
+    assert main(["predict", "--run", str(tiny_run), str(mixed)]) == 0
+    out = capsys.readouterr().out
+    assert f'"image": "{mixed / "naevus_ü.png"}"' in out  # written as it is, not \\u-escaped
+    assert "skipped 2 entries that are not image files (notes.txt, older/)" in caplog.text

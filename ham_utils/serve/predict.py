@@ -10,6 +10,7 @@ same either way).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from ham_utils.config import CLASS_NAMES, RISK_GROUPS, RISK_OF_CLASS
 from ham_utils.errors import DataError
 from ham_utils.evaluation.ood import OOD_MESSAGE, FeatureExtractor, OodDetector
 from ham_utils.runs import Run
+
+log = logging.getLogger("ham_utils")
 
 RISK_LEVELS: tuple[str, ...] = tuple(RISK_GROUPS)  # high, moderate, low
 UPLOAD_FIX = "use a JPEG, PNG, BMP or TIFF image of the lesion"
@@ -227,16 +230,40 @@ class Predictor:
         )
 
 
-def image_paths(inputs: Sequence[str | os.PathLike[str]]) -> Iterator[Path]:
-    """Files as given, and the image files (by suffix, sorted) of folders given."""
-    from ham_utils.data.images import is_image_file
+def image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given, and the image files (by suffix, sorted) of folders given. What a
+    folder holds besides image files (other files, subfolders) is named in a warning; no
+    image at all is a :class:`DataError`."""
+    from ham_utils.data.images import IMAGE_SUFFIXES, is_image_file
 
+    paths: list[Path] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            yield from sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
-        else:
-            yield path
+        if not path.is_dir():
+            paths.append(path)
+            continue
+        entries = sorted(path.iterdir())
+        images = [p for p in entries if p.is_file() and is_image_file(p)]
+        skipped = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in images]
+        if skipped:
+            shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+            log.warning(
+                "%s: skipped %d entr%s that %s not image files (%s); folders are not searched "
+                "below their top level, and image files end in %s",
+                path,
+                len(skipped),
+                "y" if len(skipped) == 1 else "ies",
+                "is" if len(skipped) == 1 else "are",
+                shown,
+                " ".join(IMAGE_SUFFIXES),
+            )
+        paths += images
+    if not paths:
+        raise DataError(
+            f"no image files in {', '.join(str(i) for i in inputs)}; give image files or "
+            f"folders holding them (file names ending in {' '.join(IMAGE_SUFFIXES)})"
+        )
+    return paths
 
 
 def predict_paths(
