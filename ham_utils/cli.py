@@ -270,6 +270,12 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
     "download": (cmd_download, "download HAM10000 from Kaggle and verify its layout"),
 }
 
+# Commands that read a parameter file (--params, --set), and commands that use a finished run,
+# whose parameters are its own (--set: its evaluation settings only). compare and download
+# take neither.
+PARAMS_COMMANDS: tuple[str, ...] = ("synth", "split", "cache", "train", "report", "sweep")
+RUN_COMMANDS: tuple[str, ...] = ("evaluate", "gradcam", "predict", "export")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -280,17 +286,26 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (func, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
-        p.add_argument(
-            "--params", default=DEFAULT_PARAMS, help=f"parameter YAML (default {DEFAULT_PARAMS})"
-        )
-        p.add_argument(
-            "--set",
-            nargs="+",
-            action="extend",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override parameters: --set image_size=96 seed=7 (repeatable)",
-        )
+        if name in PARAMS_COMMANDS:
+            p.add_argument(
+                "--params",
+                default=DEFAULT_PARAMS,
+                help=f"parameter YAML (default {DEFAULT_PARAMS})",
+            )
+        if name in PARAMS_COMMANDS or name in RUN_COMMANDS:
+            p.add_argument(
+                "--set",
+                nargs="+",
+                action="extend",
+                default=[],
+                metavar="KEY=VALUE",
+                help="override parameters: --set image_size=96 seed=7 (repeatable)"
+                if name in PARAMS_COMMANDS
+                else "evaluation settings and this machine's paths: --set tta=4 "
+                "data_dir=/path/to/HAM10000 (repeatable; the run's other settings are fixed)",
+            )
+        else:
+            p.set_defaults(set=[])
         if name == "synth":
             p.add_argument("--out", help="write to this folder instead of data/demo/...")
         if name in ("evaluate", "gradcam", "predict"):

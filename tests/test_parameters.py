@@ -133,3 +133,15 @@ def test_each_list_of_allowed_values_has_one_owner():
     choices = {a.dest: a.choices for a in build_parser()._subparsers._group_actions[0]
                .choices["evaluate"]._actions}  # fmt: skip
     assert tuple(choices["which"]) == MODELS
+
+
+@pytest.mark.parametrize("command", ["evaluate", "gradcam", "predict", "export", "compare"])
+def test_commands_that_use_a_run_do_not_offer_a_parameter_file(command, capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        extra = ["--format", "onnx"] if command == "export" else []
+        build_parser().parse_args([command, *extra, "--params", "params/missing.yaml"])
+    assert exit_code.value.code == 2
+    assert "unrecognized arguments: --params" in capsys.readouterr().err
+    if command == "compare":  # it reads the runs' test predictions and nothing else
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--set", "tta=2"])
