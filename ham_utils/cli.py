@@ -8,6 +8,7 @@ code 2, not a stack trace.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -98,16 +99,24 @@ def cmd_cache(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from ham_utils.train.loop import train
 
-    print(train(_params(args)))
+    with contextlib.redirect_stdout(sys.stderr):  # Keras' epoch lines: stdout is the result's
+        run_dir = train(_params(args))
+    print(run_dir)
 
 
 def _run(args: argparse.Namespace):
     """The run of ``--run`` (default: the latest), with evaluation-time ``--set`` overrides."""
-    from ham_utils.config import coerce_value
+    from ham_utils.config import PARAMETER_NAMES, coerce_value
     from ham_utils.runs import EVALUATION_SETTINGS, open_run
 
-    run = open_run(args.run)
     overrides = dict(parse_override(s) for s in args.set)
+    unknown = sorted(set(overrides) - set(PARAMETER_NAMES))
+    if unknown:
+        raise ParamsError(
+            f"unknown parameter(s) {unknown}; the settings that can be changed for a run are "
+            f"{EVALUATION_SETTINGS}"
+        )
+    run = open_run(args.run)
     training = sorted(set(overrides) - set(EVALUATION_SETTINGS))
     if training:
         raise ParamsError(
@@ -213,7 +222,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
             print(f"left out {name}: {reason}")
     comparison = compare(runs, args.which, args.reference, args.resamples)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(f"{len(comparison.runs)} runs ({args.which} models) on {data_note(comparison.runs)}")
+        n = len(comparison.runs)
+        runs_of = f"{n} run{'' if n == 1 else 's'} ({args.which} model{'' if n == 1 else 's'})"
+        print(f"{runs_of} on {data_note(comparison.runs)}")
         if len(comparison.parameters):
             print("\nParameters that differ:\n" + comparison.parameters.to_string())
         print(
@@ -243,7 +254,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ham_utils.studies.sweep import failed, run_sweep, summary
 
     overrides = dict(parse_override(s) for s in args.set)
-    sweep = run_sweep(_params_file(args), args.grid, overrides)
+    with contextlib.redirect_stdout(sys.stderr):  # Keras' epoch lines: stdout is the summary's
+        sweep = run_sweep(_params_file(args), args.grid, overrides)
     print(summary(sweep))
     print(sweep.file)
     return 1 if failed(sweep) else 0

@@ -361,6 +361,15 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Params) if f.name != "extra"}
 PARAMETER_NAMES: tuple[str, ...] = tuple(_FIELDS)
 
 
+# How a parameter's type is named in an error.
+TYPE_NAMES: dict[type, str] = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+}
+
+
 def coerce_value(key: str, value: Any) -> Any:
     """Convert a YAML or command-line value to the type of the field ``key``."""
     default = _FIELDS[key].default
@@ -383,7 +392,7 @@ def coerce_value(key: str, value: Any) -> Any:
         pass
     else:
         return value
-    raise ParamsError(f"{key} must be a {type(default).__name__}, got {value!r}")
+    raise ParamsError(f"{key} must be {TYPE_NAMES[type(default)]}, got {value!r}")
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:

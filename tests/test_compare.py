@@ -154,6 +154,14 @@ def test_runs_on_different_splits_or_data_are_refused(tmp_path):
     assert "cannot compare" in result.stderr and "different splits" in result.stderr
 
 
+def test_one_run_is_one_run_in_the_printed_comparison(tmp_path, capsys):
+    from ham_utils.cli import main
+
+    a, _ = melanoma_case(tmp_path)
+    assert main(["compare", str(a), "--resamples", "50"]) == 0
+    assert capsys.readouterr().out.startswith("1 run (best model) on ")
+
+
 def test_a_run_without_test_predictions_says_how_to_make_them(tmp_path):
     a, b = melanoma_case(tmp_path)
     (b / "evaluation" / "best" / "predictions.csv").unlink()

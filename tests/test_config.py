@@ -36,9 +36,9 @@ def test_overrides_are_typed_from_their_default(tmp_path):
     ("overrides", "message"),
     [
         ({"imge_size": 64}, "unknown parameter"),
-        ({"image_size": "big"}, "image_size must be a int"),
-        ({"image_size": 64.5}, "image_size must be a int"),
-        ({"verify_images": "maybe"}, "verify_images must be a bool"),
+        ({"image_size": "big"}, "image_size must be a whole number"),
+        ({"image_size": 64.5}, "image_size must be a whole number"),
+        ({"verify_images": "maybe"}, "verify_images must be true or false"),
         ({"resize_mode": "stretch"}, "resize_mode must be one of"),
         ({"val_fraction": 0.5, "test_fraction": 0.45}, "less than 10%"),
     ],

@@ -145,3 +145,17 @@ def test_commands_that_use_a_run_do_not_offer_a_parameter_file(command, capsys):
     if command == "compare":  # it reads the runs' test predictions and nothing else
         with pytest.raises(SystemExit):
             build_parser().parse_args([command, "--set", "tta=2"])
+
+
+def test_an_unknown_key_on_a_run_command_is_called_unknown_not_a_training_setting(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "params.yaml").write_text("seed: 1\n")
+    (run / "classes.json").write_text('["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]')
+    (run / "state.json").write_text('{"finished": true}')
+    for command in ("predict", "evaluate"):
+        assert main([command, "--run", str(run), "--set", "tta_views=2"]) == 2
+        err = capsys.readouterr().err
+        assert "unknown parameter(s) ['tta_views']" in err and "training setting" not in err
+    assert main(["evaluate", "--run", str(run), "--set", "seed=2"]) == 2
+    assert "['seed'] are training settings of the run" in capsys.readouterr().err

@@ -99,6 +99,34 @@ def test_a_grid_is_checked_before_anything_runs(folders, tmp_path):
     assert calls == []
 
 
+def test_the_sweep_command_prints_only_its_summary_on_stdout(folders, monkeypatch, capsys):
+    """Keras writes its epoch lines to stdout; the command sends them to stderr, so that what
+    stdout carries is the summary and the sweep file."""
+    from ham_utils.cli import main
+
+    root, _ = folders
+    grid = root / "one.yaml"
+    grid.write_text("variants:\n  plain: {loss: crossentropy}\n")
+    runner = fake_training(root / "runs", {"plain": 0.5}, [])
+
+    def training_that_talks(params, tags):
+        print("Epoch 1/1 - 3s - loss: 2.0940 - val_balanced_accuracy: 0.2857")
+        return runner(params, tags)
+
+    real = sweep_module.run_sweep
+    monkeypatch.setattr(
+        sweep_module,
+        "run_sweep",
+        lambda base, grid, overrides: real(base, grid, overrides, run_variant=training_that_talks),
+    )
+    assert main(["sweep", "--grid", str(grid), "--set", "track=false"]) == 0
+    captured = capsys.readouterr()
+    assert "Epoch 1/1" not in captured.out and "Epoch 1/1" in captured.err
+    (summary_line, sweep_file) = captured.out.strip().splitlines()
+    assert summary_line.startswith("plain") and "done" in summary_line
+    assert sweep_file.endswith("sweep.json")
+
+
 def test_the_shipped_grids_load_with_their_parameter_files():
     from ham_utils.studies.sweep import check_grid
 

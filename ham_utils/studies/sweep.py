@@ -238,7 +238,8 @@ def run_sweep(
         )
         sweep.record["mlflow_parent_run_id"] = parent
     sweep.save()
-    log.info("sweep %s: %d variants; progress in %s", grid.name, len(grid.variants), sweep.file)
+    n = len(grid.variants)
+    log.info("sweep %s: %d variant%s; progress in %s", grid.name, n, "s"[: n != 1], sweep.file)
 
     for number, variant in enumerate(grid.variants, 1):
         label = f"[{number}/{len(grid.variants)}] {variant.name}"
