@@ -154,6 +154,20 @@ def test_runs_on_different_splits_or_data_are_refused(tmp_path):
     assert "cannot compare" in result.stderr and "different splits" in result.stderr
 
 
+def test_a_run_and_its_copy_elsewhere_are_told_apart(tmp_path):
+    import shutil
+
+    a, _ = melanoma_case(tmp_path / "colab")
+    copy = tmp_path / "laptop" / "runs" / "a"
+    shutil.copytree(a, copy)
+    comparison = compare([a, copy], resamples=50)
+    labels = [s.label for s in comparison.runs]
+    assert labels == ["colab/a", "runs/a"]
+    assert comparison.metrics_table().index.tolist() == labels
+    assert list(comparison.parameters.columns) in ([], labels)
+    assert (comparison.differences["difference"] == 0).all()
+
+
 def test_one_run_is_one_run_in_the_printed_comparison(tmp_path, capsys):
     from ham_utils.cli import main
 

@@ -152,11 +152,17 @@ def why_not_comparable(a: ScoredRun, b: ScoredRun) -> str | None:
 
 
 def _labels(runs: Sequence[Run]) -> list[str]:
-    """Each run's ``run_name`` when those tell the runs apart, else its folder name."""
+    """Each run's ``run_name`` when those tell the runs apart, else its folder name, else (the
+    same folder in two places, e.g. a copy) the end of its path that tells it apart."""
     names = [r.params.run_name for r in runs]
     if all(names) and len(set(names)) == len(names):
         return names
-    return [r.name for r in runs]
+    parts = [r.path.parts for r in runs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(r.path) for r in runs]
 
 
 def differing_parameters(runs: Sequence[ScoredRun]) -> pd.DataFrame:
