@@ -99,6 +99,25 @@ def test_a_grid_is_checked_before_anything_runs(folders, tmp_path):
     assert calls == []
 
 
+def test_two_variants_that_train_the_same_model_are_refused(folders, tmp_path):
+    root, _ = folders
+    calls = []
+    runner = fake_training(root / "runs", {}, calls)
+    twins = tmp_path / "twins.yaml"
+    twins.write_text("common: {loss: focal}\nvariants:\n  a: {}\n  b: {loss: focal}\n")
+    with pytest.raises(ParamsError, match=r"variants 'a' and 'b' of .* train the same model"):
+        run_sweep(None, twins, {"track": "false"}, run_variant=runner)
+    evaluation_only = tmp_path / "tta.yaml"
+    evaluation_only.write_text("variants:\n  a: {tta: 1}\n  b: {tta: 4}\n")
+    with pytest.raises(ParamsError, match="train the same model"):
+        run_sweep(None, evaluation_only, {"track": "false"}, run_variant=runner)
+    empty_best = tmp_path / "best.yaml"
+    empty_best.write_text("variants:\n  a: {loss: focal}\n  b: {best_of: [a]}\n")
+    with pytest.raises(ParamsError, match=r"'b' .* adds nothing"):
+        run_sweep(None, empty_best, {"track": "false"}, run_variant=runner)
+    assert calls == []
+
+
 def test_the_sweep_command_prints_only_its_summary_on_stdout(folders, monkeypatch, capsys):
     """Keras writes its epoch lines to stdout; the command sends them to stderr, so that what
     stdout carries is the summary and the sweep file."""

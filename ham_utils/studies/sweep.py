@@ -125,12 +125,30 @@ def variant_params(
 def check_grid(base: str | Path | None, grid: Grid, overrides: dict[str, Any]) -> None:
     """Load every variant's parameters once, so a typo fails now and not hours later."""
     known = {v.name: v for v in grid.variants}
+    trained: dict[str, str] = {}  # the hash of a variant's run id -> the variant
     for variant in grid.variants:
         chosen = known[variant.best_of[0]] if variant.best_of else None
         try:
-            variant_params(base, grid, variant, overrides, chosen)
+            params = variant_params(base, grid, variant, overrides, chosen)
         except ParamsError as e:
             raise ParamsError(f"variant {variant.name!r} of {grid.path}: {e}") from None
+        if variant.best_of and not variant.overrides:
+            raise ParamsError(
+                f"variant {variant.name!r} of {grid.path} adds nothing to the variant its "
+                "best_of picks, so it would train that variant again; give it its own settings "
+                "or remove it"
+            )
+        if variant.best_of:  # which variant it builds on is known only when it runs
+            continue
+        digest = run_id(params).rsplit("-", 1)[1]
+        if digest in trained:
+            raise ParamsError(
+                f"variants {trained[digest]!r} and {variant.name!r} of {grid.path} train the "
+                "same model (their settings are the same, or differ only in settings that do "
+                "not change training, such as tta); remove one, or evaluate one run with "
+                "`python -m ham_utils evaluate --set ...` for other evaluation settings"
+            )
+        trained[digest] = variant.name
 
 
 def is_done(run_dir: Path) -> bool:
