@@ -193,6 +193,8 @@ def classify_page(run: Run) -> None:
         predictor = load_predictor(str(run.path))
         calibrated = "calibrated" if predictor.temperature is not None else "uncalibrated"
         status.update(label=f"Model of run {run.name} ready ({calibrated})", state="complete")
+    if predictor.missing:
+        st.warning(predictor.missing)
     suffixes = [s.lstrip(".") for s in IMAGE_SUFFIXES]
     upload = st.file_uploader(
         "Dermatoscopic image", type=suffixes, help="JPEG, PNG, BMP or TIFF; one image at a time"

@@ -177,6 +177,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ParamsError("give at least one image file or folder to predict")
     paths = image_paths(args.images)  # before the model is loaded: no image is an error
     predictor = Predictor(run, args.which)
+    if predictor.missing:
+        log.warning("%s", predictor.missing)
     gradcam_dir = Path(args.gradcam) if args.gradcam else None
     failed = 0
     for record in predict_paths(predictor, paths, gradcam_dir):

@@ -86,7 +86,7 @@ FOCAL_ALPHA_MODES: tuple[str, ...] = ("inverse_frequency", "balanced_sqrt")
 TTA_VIEWS: tuple[int, ...] = (1, 2, 4, 8)
 HEADS: tuple[str, ...] = ("simple", "b3")
 # Parameters that name a place on one machine: a run moved elsewhere gets them anew.
-MACHINE_PATHS: tuple[str, ...] = ("data_dir", "metadata_csv")
+MACHINE_PATHS: tuple[str, ...] = ("data_dir", "metadata_csv", "external_dir")
 # The two models a run keeps: the best epoch by the monitored metric, and the last one.
 MODELS: tuple[str, ...] = ("best", "last")
 

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,16 +70,25 @@ NOT_IN_RUN_ID = (
     "external_dir",
 )
 
-# What may change after training: how to evaluate, and where the data lies on this machine.
+# What may change after training: how to evaluate, whether to track it, and where the data
+# lies on this machine.
 EVALUATION_SETTINGS = (
     "tta",
     "temperature_scaling",
     "screening_sensitivity",
     "ood_flag_rate",
-    "external_dir",
     "batch_size",
+    "track",
     *MACHINE_PATHS,
 )
+# Machine paths a run folder does not keep: the external test set is the evaluation's, on the
+# machine that evaluates (data_dir stays, the default on the machine that trained the run).
+NOT_KEPT_WITH_RUN = ("external_dir",)
+
+
+def stored_settings(params: Params) -> dict[str, Any]:
+    """The parameters as ``params.yaml`` keeps them: without :data:`NOT_KEPT_WITH_RUN`."""
+    return {**params.as_dict(), **dict.fromkeys(NOT_KEPT_WITH_RUN, "")}
 
 
 def portable_settings(params: Params) -> dict[str, Any]:
@@ -248,6 +258,38 @@ class Evaluation:
         return fitted[str(views)]
 
 
+def staging_dir(target: Path) -> Path:
+    """Where a new version of the folder ``target`` is written before
+    :func:`replace_folder` swaps it in (beside it, hidden, so that the swap is a rename)."""
+    return target.with_name(f".{target.name}.new")
+
+
+def _previous_dir(target: Path) -> Path:
+    return target.with_name(f".{target.name}.previous")
+
+
+def restore_interrupted(target: Path) -> None:
+    """Put back the previous ``target`` folder if a swap was cut off between its two renames."""
+    previous = _previous_dir(target)
+    if previous.is_dir() and not target.exists():
+        os.replace(previous, target)
+
+
+def replace_folder(new: Path, target: Path, keep: tuple[str, ...] = ()) -> None:
+    """Put the folder ``new`` in the place of ``target`` by renames, so that a reader finds the
+    whole old folder or the whole new one. Entries of the old folder named in ``keep`` (what
+    ``new`` does not replace) move over into the new one."""
+    previous = _previous_dir(target)
+    shutil.rmtree(previous, ignore_errors=True)
+    if target.exists():
+        os.replace(target, previous)
+    os.replace(new, target)
+    for name in keep:
+        if (previous / name).exists() and not (target / name).exists():
+            os.replace(previous / name, target / name)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
 def evaluation_at(run_dir: Path, which: str = "best") -> Evaluation:
     """The evaluation folder of one model of the run in ``run_dir``."""
     return Evaluation(run_dir / EVALUATION_DIR / _check_model(which), which)
@@ -345,5 +387,7 @@ def open_run(path: str | os.PathLike[str] | None = None) -> Run:
             f"{classes_file} is missing: without it the model's outputs cannot be named; "
             "copy the whole run folder again"
         )
-    params = load_params(None, yaml.safe_load((run_dir / PARAMS_FILE).read_text()))
+    stored = yaml.safe_load((run_dir / PARAMS_FILE).read_text())
+    # What an older run folder kept of another machine's paths is not used here.
+    params = load_params(None, {**stored, **dict.fromkeys(NOT_KEPT_WITH_RUN, "")})
     return Run(run_dir, params, tuple(json.loads(classes_file.read_text())))

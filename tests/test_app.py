@@ -228,6 +228,12 @@ def test_the_model_is_loaded_before_anything_is_uploaded(app):
     assert order.index("status") < order.index("file_uploader"), order
 
 
+def test_a_run_without_its_fitted_files_says_what_its_predictions_lack(app, tiny_run):
+    (warning,) = [w.value for w in app.warning if "has not been evaluated" in w.value]
+    assert "uncalibrated" in warning and "no out-of-distribution check" in warning
+    assert f"evaluate --run {tiny_run}" in warning
+
+
 def test_performance_page_of_an_unevaluated_run_says_how_to_evaluate(app):
     app.sidebar.radio[0].set_value("Run performance").run()
     assert any("python -m ham_utils evaluate" in i.value for i in app.info)

@@ -73,3 +73,19 @@ def test_evaluation_settings_and_the_data_folder_can_change_after_training(tiny_
     with pytest.raises(ValueError, match="which must be one of"):
         run.evaluation("final")
     assert json.loads((tiny_run / "classes.json").read_text()) == list(run.classes)
+
+
+def test_the_external_set_is_this_machines_setting_and_never_travels_with_a_run(tiny_run, tmp_path):
+    import yaml
+
+    from ham_utils.runs import EVALUATION_SETTINGS, stored_settings
+
+    params = load_params(None, {"external_dir": "/content/drive/ISIC2018"})
+    assert stored_settings(params)["external_dir"] == ""  # what params.yaml keeps
+    run_dir = tmp_path / "from_colab"
+    shutil.copytree(tiny_run, run_dir)
+    stored = yaml.safe_load((run_dir / "params.yaml").read_text())
+    stored["external_dir"] = "/content/drive/ISIC2018"  # as a run folder of before kept it
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(stored))
+    assert open_run(run_dir).params.external_dir == ""
+    assert {"external_dir", "data_dir", "track"} <= set(EVALUATION_SETTINGS)

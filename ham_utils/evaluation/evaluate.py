@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,15 @@ from ham_utils.runs import (
     DROPPED_ROWS_FILE,
     EXTERNAL_SET,
     FIGURES_DIR,
+    GRADCAM_DIR,
     METRICS_FILE,
     PREDICTIONS_FILE,
     SPLITS_FILE,
     Evaluation,
     Run,
+    replace_folder,
+    restore_interrupted,
+    staging_dir,
 )
 
 log = logging.getLogger("ham_utils")
@@ -152,13 +157,29 @@ def find_ground_truth(path: Path) -> Path:
     return found[0]
 
 
-def _external_set(run: Run, external: str, evaluation: Evaluation, progress: bool) -> EvaluationSet:
-    from ham_utils.config import CACHE_ROOT, dataset_slug
-    from ham_utils.data.cache import build_split_cache
+@dataclass(frozen=True)
+class GroundTruth:
+    """An external test set, read (and its images checked) before anything is written."""
+
+    csv_path: Path
+    dataset: Any  # ham_utils.data.metadata.DatasetRead
+
+
+def read_external(external: str, progress: bool = True) -> GroundTruth:
+    """The ISIC 2018 ground truth ``external`` names (the CSV or its folder), read and checked."""
     from ham_utils.data.metadata import read_isic_ground_truth
 
     csv_path = find_ground_truth(resolve_path(external))
-    dataset = read_isic_ground_truth(csv_path, progress=progress)
+    return GroundTruth(csv_path, read_isic_ground_truth(csv_path, progress=progress))
+
+
+def _external_set(
+    run: Run, truth: GroundTruth, evaluation: Evaluation, progress: bool
+) -> EvaluationSet:
+    from ham_utils.config import CACHE_ROOT, dataset_slug
+    from ham_utils.data.cache import build_split_cache
+
+    dataset, csv_path = truth.dataset, truth.csv_path
     out_dir = evaluation.set_dir(EXTERNAL_SET)
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset.write_dropped(out_dir / DROPPED_ROWS_FILE)
@@ -384,43 +405,79 @@ def _evaluate_set(
         from ham_utils.figures.evaluation import plot_subgroups
 
         plot_subgroups(subgroups, data.out_dir / FIGURES_DIR / "subgroups.png")
-    if params.track:
-        from ham_utils.train.tracking import log_evaluation
-
-        log_evaluation(run.path, which, data.name, metrics, data.out_dir)
     log.info(
-        "%s (%s model): balanced accuracy %.3f, macro F1 %.3f on %d images -> %s",
+        "%s (%s model): balanced accuracy %.3f, macro F1 %.3f on %d images",
         data.name,
         which,
         metrics["balanced_accuracy"],
         metrics["macro_f1"],
         metrics["n_images"],
-        data.out_dir,
     )
     return metrics
+
+
+EVALUATED_SPLITS = ("train", "val", "test")  # train: the out-of-distribution check's fit
+
+
+def check_inputs(run: Run, external: str, progress: bool = True) -> GroundTruth | None:
+    """Every input an evaluation reads, checked before it writes anything: the images of the
+    run's train, validation and test splits under ``data_dir``, and the external set (read,
+    its images checked) when one is given."""
+    from ham_utils.data.split import check_images_found
+
+    splits = run.splits()
+    for split in EVALUATED_SPLITS:
+        rows = splits[splits["split"] == split]
+        if rows.empty:
+            raise DataError(f"{run.path / SPLITS_FILE} has no {split!r} rows")
+        check_images_found(rows, run.params.resolved_data_dir, run.path / SPLITS_FILE)
+    return read_external(external, progress) if external else None
 
 
 def evaluate_run(
     run: Run, external: str | None = None, which: str = "best", progress: bool = True
 ) -> dict[str, dict[str, Any]]:
     """Evaluate one model of ``run`` on its test split (and ``external``, an ISIC 2018 ground
-    truth CSV or its folder; default the run's ``external_dir``). Returns metrics by set."""
-    evaluation = run.evaluation(which)
-    model = run.load_model(which)
-    for stale in (
-        evaluation.calibration_file,
-        evaluation.operating_points_file,
-        evaluation.ood_file,
-    ):
-        stale.unlink(missing_ok=True)  # never leave one of another setting
-    fitted = fit_on_validation(model, run, evaluation, progress)
-    test = _split_set(run, "test", evaluation.root, progress)
-    results = {"test": _evaluate_set(model, run, which, test, fitted, progress)}
-    external = external if external is not None else run.params.external_dir
-    if external:
-        data = _external_set(run, external, evaluation, progress)
-        results[EXTERNAL_SET] = _evaluate_set(model, run, which, data, fitted, progress)
+    truth CSV or its folder; default ``external_dir``, a setting of this machine). Returns
+    metrics by set.
+
+    All or nothing: every input is checked first, the new evaluation is written into a folder
+    beside the model's evaluation folder and swapped in at the end, so that a failure at any
+    point leaves the previous evaluation whole. What it does not replace stays: Grad-CAM
+    overlays, and an external set's results when no external set is given this time. Tracking
+    comes last and never decides whether the evaluation is kept."""
     from ham_utils.evaluation.model_card import write_model_card
 
-    log.info("model card: %s", write_model_card(run, which))
+    final = run.evaluation(which)
+    restore_interrupted(final.root)
+    external = external if external is not None else run.params.external_dir
+    truth = check_inputs(run, external, progress)
+    model = run.load_model(which)
+    staging = Evaluation(staging_dir(final.root), which)
+    shutil.rmtree(staging.root, ignore_errors=True)  # left by an evaluation that was killed
+    staging.root.mkdir(parents=True)
+    try:
+        fitted = fit_on_validation(model, run, staging, progress)
+        test = _split_set(run, "test", staging.root, progress)
+        results = {"test": _evaluate_set(model, run, which, test, fitted, progress)}
+        if truth is not None:
+            data = _external_set(run, truth, staging, progress)
+            results[EXTERNAL_SET] = _evaluate_set(model, run, which, data, fitted, progress)
+        elif final.set_dir(EXTERNAL_SET).is_dir():
+            shutil.copytree(final.set_dir(EXTERNAL_SET), staging.set_dir(EXTERNAL_SET))
+            log.warning(
+                "no external set given: the external set's results of the previous evaluation "
+                "are kept in %s (give --external to evaluate it again)",
+                final.set_dir(EXTERNAL_SET),
+            )
+        write_model_card(run, which, staging)
+        replace_folder(staging.root, final.root, keep=(GRADCAM_DIR,))
+    except BaseException:
+        shutil.rmtree(staging.root, ignore_errors=True)
+        raise
+    log.info("evaluation of the %s model: %s", which, final.root)
+    if run.params.track:
+        from ham_utils.train.tracking import log_evaluation
+
+        log_evaluation(run, which, {name: final.set_dir(name) for name in results}, results)
     return results

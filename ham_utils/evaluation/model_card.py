@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ham_utils.evaluation.bootstrap import headline_rows, with_interval
-from ham_utils.runs import ENVIRONMENT_FILE, EXTERNAL_SET, SPLIT_INFO_FILE, Run
+from ham_utils.runs import ENVIRONMENT_FILE, EXTERNAL_SET, SPLIT_INFO_FILE, Evaluation, Run
 
 MODEL_CARD_FILE = "MODEL_CARD.md"
 NOT_A_DEVICE = (
@@ -126,9 +126,10 @@ def _ood_lines(metrics: dict[str, Any]) -> list[str]:
     ]
 
 
-def model_card(run: Run, which: str = "best") -> str:
-    """The model card of one evaluated model of ``run``, as Markdown."""
-    evaluation = run.evaluation(which)
+def model_card(run: Run, which: str = "best", evaluation: Evaluation | None = None) -> str:
+    """The model card of one evaluated model of ``run``, as Markdown (``evaluation``: the
+    folder to read, default the model's own)."""
+    evaluation = evaluation or run.evaluation(which)
     test = evaluation.metrics("test")
     if test is None:
         raise FileNotFoundError(
@@ -228,8 +229,10 @@ def model_card(run: Run, which: str = "best") -> str:
     return "\n".join(lines)
 
 
-def write_model_card(run: Run, which: str = "best") -> Path:
-    """Write ``MODEL_CARD.md`` into the model's evaluation folder; return its path."""
-    path = run.evaluation(which).root / MODEL_CARD_FILE
-    path.write_text(model_card(run, which))
+def write_model_card(run: Run, which: str = "best", evaluation: Evaluation | None = None) -> Path:
+    """Write ``MODEL_CARD.md`` into the model's evaluation folder (or ``evaluation``'s); return
+    its path."""
+    evaluation = evaluation or run.evaluation(which)
+    path = evaluation.root / MODEL_CARD_FILE
+    path.write_text(model_card(run, which, evaluation))
     return path

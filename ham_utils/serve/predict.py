@@ -157,13 +157,45 @@ def run_temperature(run: Run, which: str = "best") -> float | None:
     return run.evaluation(which).temperature(PREDICT_VIEWS)
 
 
+def missing_fitted(run: Run, which: str = "best") -> str | None:
+    """What this model lacks of what its evaluation fits on the validation split (temperature,
+    screening thresholds, out-of-distribution check), in words with the fix; None when it
+    has all of it."""
+    evaluation = run.evaluation(which)
+    fix = (
+        f"run `python -m ham_utils evaluate --run {run.path} --which {which}` (with data_dir "
+        "pointing at the images) to fit them"
+    )
+    metrics = evaluation.metrics()
+    if metrics is None:
+        return (
+            f"the {which} model of {run.name} has not been evaluated: its probabilities are "
+            f"uncalibrated, and it has no screening thresholds and no out-of-distribution "
+            f"check; {fix}"
+        )
+    needed = {  # file, whether this evaluation wrote it, what a prediction lacks without it
+        evaluation.calibration_file: (metrics.get("temperature") is not None, "calibration"),
+        evaluation.operating_points_file: (True, "screening thresholds"),
+        evaluation.ood_file: (True, "the out-of-distribution check"),
+    }
+    missing = {p.name: what for p, (wanted, what) in needed.items() if wanted and not p.is_file()}
+    if not missing:
+        return None
+    return (
+        f"{evaluation.root} lacks {', '.join(missing)}, fitted by its evaluation: predictions "
+        f"go without {' and '.join(missing.values())}; {fix}"
+    )
+
+
 class Predictor:
-    """A run's model, Grad-CAM and calibration, loaded once for many images."""
+    """A run's model, Grad-CAM and calibration, loaded once for many images. ``missing`` says
+    what it lacks of its evaluation's fitted files (:func:`missing_fitted`)."""
 
     def __init__(self, run: Run, which: str = "best", model: Any = None) -> None:
         from ham_utils.explain.explainer import RunExplainer
 
         self.run = run
+        self.missing = missing_fitted(run, which)
         self.explainer = RunExplainer(run, which, model)
         self.temperature = run_temperature(run, which)
         evaluation = run.evaluation(which)

@@ -167,7 +167,8 @@ def train_and_evaluate(params: Params, tags: dict[str, str]) -> Path:
 
     run_dir = train(params, tags=tags)
     if not evaluation_at(run_dir, "best").metrics_file().is_file():
-        evaluate_run(open_run(run_dir), external=None, which="best")
+        # The external set is this machine's setting, not the run's: it comes from params.
+        evaluate_run(open_run(run_dir), external=params.external_dir, which="best")
     keras.utils.clear_session(free_memory=True)
     return run_dir
 

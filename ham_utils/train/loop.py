@@ -42,6 +42,7 @@ from ham_utils.runs import (
     TIMING_FILE,
     RunState,
     run_id,
+    stored_settings,
     write_atomic,
 )
 
@@ -349,7 +350,7 @@ def training_input_of(stream: Any, loader: str) -> tuple[Any, list[keras.callbac
 def _write_run_files(
     run_dir: Path, params: Params, weights: np.ndarray | None, policy: str
 ) -> None:
-    (run_dir / PARAMS_FILE).write_text(yaml.safe_dump(params.as_dict(), sort_keys=False))
+    (run_dir / PARAMS_FILE).write_text(yaml.safe_dump(stored_settings(params), sort_keys=False))
     (run_dir / CLASSES_FILE).write_text(json.dumps(list(CLASSES)) + "\n")
     shutil.copyfile(params.splits_csv, run_dir / SPLITS_FILE)
     split_info = params.splits_csv.with_suffix(".json")

@@ -162,23 +162,88 @@ class Tracker:
 
 
 def log_evaluation(
-    run_dir: Path, which: str, set_name: str, metrics: dict[str, Any], out_dir: Path
-) -> None:
-    """Add an evaluation's headline metrics (``<model>_<set>_<metric>``) and files to the run's
-    MLflow run, if it has one."""
-    from ham_utils.runs import RunState
+    run: runs.Run,
+    which: str,
+    out_dirs: dict[str, Path],
+    results: dict[str, dict[str, Any]],
+) -> str | None:
+    """Add an evaluation's headline metrics (``<model>_<set>_<metric>``) and files to the MLflow
+    run of the training run; return its id. A run whose MLflow run is not in this store (a run
+    folder copied from another machine), or is another run folder's, gets a new MLflow run,
+    tagged with the old id, and its ``state.json`` keeps the new id. Tracking never throws a
+    finished evaluation away: a failure here is a warning, and None."""
+    try:
+        return _log_evaluation(run, which, out_dirs, results)
+    except Exception as e:  # the store, a network share, a full disk: the evaluation stays
+        log.warning(
+            "the evaluation of %s is kept in %s, but logging it to MLflow (%s) failed: %s: %s",
+            run.name,
+            next(iter(out_dirs.values()), run.path),
+            tracking_uri(),
+            type(e).__name__,
+            e,
+        )
+        return None
 
-    run_id = RunState.load(run_dir).mlflow_run_id
-    if not run_id:
-        return
+
+def _log_evaluation(
+    run: runs.Run, which: str, out_dirs: dict[str, Path], results: dict[str, dict[str, Any]]
+) -> str:
+    import time
+
     import mlflow
+    from mlflow.entities import Metric
 
-    mlflow.set_tracking_uri(tracking_uri())
-    with mlflow.start_run(run_id=run_id):
-        values = {
-            f"{which}_{set_name}_{k}": metrics[k]
-            for k in EVALUATION_METRICS
-            if metrics[k] is not None
-        }
-        mlflow.log_metrics(values)
-        mlflow.log_artifacts(str(out_dir), artifact_path=f"evaluation/{which}/{set_name}")
+    client = mlflow.MlflowClient(tracking_uri())
+    run_id = _mlflow_run_of(client, run)
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"{which}_{set_name}_{key}", float(values[key]), now, 0)
+        for set_name, values in results.items()
+        for key in EVALUATION_METRICS
+        if values.get(key) is not None
+    ]
+    client.log_batch(run_id, metrics=metrics)
+    for set_name, out_dir in out_dirs.items():
+        client.log_artifacts(run_id, str(out_dir), artifact_path=f"evaluation/{which}/{set_name}")
+    return run_id
+
+
+def _mlflow_run_of(client: Any, run: runs.Run) -> str:
+    """The id of the run folder's MLflow run in this store: the one ``state.json`` names when it
+    is here and is this run folder's, else a new one (saved in ``state.json``)."""
+    from mlflow.entities import Param
+    from mlflow.exceptions import MlflowException
+
+    state = run.state()
+    old = state.mlflow_run_id
+    if old:
+        try:
+            if client.get_run(old).info.run_name == run.name:
+                return old
+        except MlflowException:  # not in this store
+            pass
+    tags = {"run_dir": str(run.path), "synthetic_data": str(run.synthetic)}
+    if old:
+        tags["copied_from_mlflow_run_id"] = old
+    new = client.create_run(_experiment_id(), run_name=run.name, tags=tags).info.run_id
+    params = [Param(k, str(v)) for k, v in run.params.as_dict().items()]
+    client.log_batch(new, params=params)
+    client.set_terminated(new, "FINISHED")
+    state.mlflow_run_id = new
+    state.save(run.path)
+    if old:
+        log.warning(
+            "MLflow run %s of %s is not in %s (the run folder was made on another machine or "
+            "another project): its evaluation goes to a new MLflow run %s, tagged "
+            "copied_from_mlflow_run_id=%s, and state.json now names the new one",
+            old,
+            run.name,
+            tracking_uri(),
+            new,
+            old,
+        )
+    else:
+        log.info("%s was trained without tracking: its evaluation goes to a new MLflow run %s",
+                 run.name, new)  # fmt: skip
+    return new
