@@ -65,3 +65,30 @@ def test_a_notebook_kernel_shows_neither_start_up_lines_nor_tracking_chatter(
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "2.0" in text and "tracked" in text  # the cells ran and their output is shown
     assert [noise for noise in KERNEL_NOISE if noise in text] == [], text
+
+
+def test_a_run_stopped_before_its_first_epoch_continues_its_mlflow_run(tmp_path, monkeypatch):
+    """state.json names the MLflow run as soon as it is opened: a run stopped before its first
+    epoch ended (nothing else saved) reopens the same MLflow run when it resumes."""
+    import mlflow
+
+    from ham_utils.config import load_params
+    from ham_utils.runs import RunState
+    from ham_utils.train import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(tracking, "PROJECT_ROOT", tmp_path)
+    run_dir = tmp_path / "runs" / "demo-focal_weights-0123abcd"
+    run_dir.mkdir(parents=True)
+    params = load_params(None, {"run_name": "demo-focal_weights"})
+    first = tracking.Tracker(params, run_dir, RunState())
+    first.__enter__()
+    first.__exit__(KeyboardInterrupt, None, None)  # stopped during the first epoch
+    resumed = tracking.Tracker(params, run_dir, RunState.load(run_dir))
+    with resumed:
+        pass
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    (run,) = client.search_runs([experiment])
+    assert run.info.run_id == RunState.load(run_dir).mlflow_run_id
+    assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name

@@ -113,7 +113,10 @@ class Tracker:
         mlflow.set_experiment(experiment_id=_experiment_id())
         run = mlflow.start_run(run_id=self.state.mlflow_run_id or None, run_name=self.run_dir.name)
         if not self.state.mlflow_run_id:
+            # Kept at once, not at the end of the first epoch: a run killed before then
+            # continues this MLflow run when it resumes, instead of opening a second one.
             self.state.mlflow_run_id = run.info.run_id
+            self.state.save(self.run_dir)
             mlflow.log_params(self.params.as_dict())
             mlflow.set_tags(
                 {
