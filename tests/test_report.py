@@ -243,13 +243,24 @@ def test_the_model_learns_far_above_chance(report):
 @pytest.mark.slow
 def test_a_run_moved_to_another_machine_is_evaluated_explained_and_used(report, tmp_path):
     """Runs and data copied elsewhere (a Colab run brought to a laptop): with data_dir
-    pointing at the images there, evaluate, Grad-CAM and predict work and agree with the
-    original; the old folders are out of reach meanwhile, so nothing can lean on them."""
+    pointing at the images there, evaluate (tracked into the laptop's own MLflow store, where
+    the run's MLflow run does not exist), Grad-CAM, predict, export and compare work and agree
+    with the original; the old folders are out of reach meanwhile, so nothing can lean on
+    them, and the paths of the machine it came from (its external set) are not used."""
+    import mlflow
+    import yaml
+
     root, _, run_dir = report
     original = json.loads(open_run(run_dir).evaluation("best").metrics_file().read_text())
     laptop = tmp_path / "laptop"
     moved = laptop / "runs" / run_dir.name
     shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns("evaluation"))
+    colab_id = "c01ab000c01ab000c01ab000c01ab000"  # the MLflow run of the machine it came from
+    state = json.loads((moved / "state.json").read_text())
+    (moved / "state.json").write_text(json.dumps({**state, "mlflow_run_id": colab_id}))
+    params = yaml.safe_load((moved / "params.yaml").read_text())
+    params["external_dir"] = "/content/drive/MyDrive/ISIC2018"  # as older run folders kept it
+    (moved / "params.yaml").write_text(yaml.safe_dump(params))
     (demo,) = (root / "data" / "demo").iterdir()
     data = tmp_path / "elsewhere" / "ham10000"
     shutil.copytree(demo, data)
@@ -261,8 +272,11 @@ def test_a_run_moved_to_another_machine_is_evaluated_explained_and_used(report, 
 
         here = ("--set", f"data_dir={data}")
         for which in ("best", "last"):
-            result = run_cli(laptop, "evaluate", "--run", str(moved), "--which", which, *here)
+            result = run_cli(
+                laptop, "evaluate", "--run", str(moved), "--which", which, *here, "track=true"
+            )
             assert result.returncode == 0, result.stderr[-3000:]
+            assert ("copied_from_mlflow_run_id" in result.stderr) == (which == "best")
         run = open_run(moved)
         best, last = (json.loads(run.evaluation(w).metrics_file().read_text()) for w in MODELS)
         assert (best["model"], last["model"]) == ("best", "last")
@@ -272,6 +286,12 @@ def test_a_run_moved_to_another_machine_is_evaluated_explained_and_used(report, 
         assert calibration["n_images"] == (run.splits()["split"] == "val").sum()
         _check_temperatures_fit_the_validation_outputs(
             run.with_settings(data_dir=str(data)), calibration, tmp_path / "cache"
+        )
+        client = mlflow.MlflowClient(f"sqlite:///{laptop / 'mlflow.db'}")
+        tracked = client.get_run(run.state().mlflow_run_id)
+        assert tracked.data.tags["copied_from_mlflow_run_id"] == colab_id
+        assert {"best_test_balanced_accuracy", "last_test_balanced_accuracy"} <= set(
+            tracked.data.metrics
         )
 
         grids = run_cli(laptop, "gradcam", "--run", str(moved), *here)
@@ -283,6 +303,20 @@ def test_a_run_moved_to_another_machine_is_evaluated_explained_and_used(report, 
         assert predicted.returncode == 0, predicted.stderr[-3000:]
         record = json.loads(predicted.stdout.splitlines()[-1])
         assert record["calibrated"] is True and record["screening"]["melanoma"]["threshold"]
+        assert "lacks" not in predicted.stderr and "not been evaluated" not in predicted.stderr
+
+        exported = run_cli(laptop, "export", "--run", str(moved), "--format", "tflite")
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        assert (moved / "export" / "model.tflite").is_file()
+
+        # The run and its copy, the same folder name in two places, on the same test images.
+        compared = run_cli(
+            laptop, "compare", str(away / "runs" / run_dir.name), str(moved), "--resamples", "200"
+        )
+        assert compared.returncode == 0, compared.stderr[-3000:]
+        assert f"{away.name}/runs/{run_dir.name}" in compared.stdout
+        assert f"laptop/runs/{run_dir.name}" in compared.stdout
+        assert "2 runs (best models)" in compared.stdout and "Paired differences" in compared.stdout
     finally:
         away.rename(root)
 

@@ -467,7 +467,8 @@ def evaluate_run(
             shutil.copytree(final.set_dir(EXTERNAL_SET), staging.set_dir(EXTERNAL_SET))
             log.warning(
                 "no external set given: the external set's results of the previous evaluation "
-                "are kept in %s (give --external to evaluate it again)",
+                "are kept in %s, made with its calibration and thresholds (give --external to "
+                "evaluate it again with this one's)",
                 final.set_dir(EXTERNAL_SET),
             )
         write_model_card(run, which, staging)
