@@ -89,3 +89,23 @@ def test_the_external_set_is_this_machines_setting_and_never_travels_with_a_run(
     (run_dir / "params.yaml").write_text(yaml.safe_dump(stored))
     assert open_run(run_dir).params.external_dir == ""
     assert {"external_dir", "data_dir", "track"} <= set(EVALUATION_SETTINGS)
+
+
+def test_a_folder_swap_cut_off_between_its_renames_is_restored(tmp_path):
+    from ham_utils.runs import replace_folder, restore_interrupted, staging_dir
+
+    target = tmp_path / "evaluation" / "best"
+    (target / "gradcam").mkdir(parents=True)
+    (target / "metrics.json").write_text("old")
+    (target / "gradcam" / "grid.png").write_text("overlay")
+    new = staging_dir(target)
+    new.mkdir()
+    (new / "metrics.json").write_text("new")
+    replace_folder(new, target, keep=("gradcam",))
+    assert (target / "metrics.json").read_text() == "new"
+    assert (target / "gradcam" / "grid.png").read_text() == "overlay"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["best"]
+
+    target.rename(target.with_name(".best.previous"))  # stopped between the two renames
+    restore_interrupted(target)
+    assert (target / "metrics.json").read_text() == "new"
