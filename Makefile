@@ -112,9 +112,9 @@ test: $(DEV_STAMP) lint browser  ## lint, then the test suite without the recipe
 
 # The GPU recipes (params/b3.yaml, b4.yaml) in miniature on the CPU, mixed_bfloat16 and XLA:
 # what would break a first Colab run. About 10 minutes on 2 cores; `make test` runs only the
-# B3 recipe under mixed_bfloat16.
+# B3 recipe under mixed_bfloat16, on EfficientNetB0 in place of B3.
 check-recipes: $(DEV_STAMP)  ## train, evaluate and Grad-CAM the B3/B4 recipes in miniature
-	$(PY) -m pytest tests/test_recipes.py
+	$(PY) -m pytest tests/test_recipes.py -m recipes
 
 # The app's browser test drives Debian's chromium; installed here when missing (needs root
 # or sudo, and apt). Without it that one test is skipped and says why.

@@ -13,8 +13,10 @@ from conftest import REPO, project_env, run_cli, run_python, run_until_killed
 from ham_utils.config import load_params
 from ham_utils.train.loop import run_id
 
-# Tiny but real: 200 synthetic images, 32 px, EfficientNetB0 from random weights.
+# Tiny but real: 200 synthetic images, 32 px, the demo's EfficientNet-Lite0 from random weights
+# (its ImageNet weights would only add loading time to what these tests check).
 TINY = {
+    "weights": "none",
     "demo_images": 200,
     "demo_width": 96,
     "demo_height": 72,
@@ -28,8 +30,8 @@ TINY = {
     "track": "false",
     "patience": 99,
     # Phase 2 fine-tunes the top block only: tracing the whole network's backward pass costs
-    # about 50 s per process here, and resuming is the same code for any trainable set (the
-    # demo run of tests/test_report.py fine-tunes every block).
+    # tens of seconds per process here, and resuming is the same code for any trainable set
+    # (tests/test_recipes.py fine-tunes every block).
     "unfreeze": 1,
 }
 
