@@ -52,12 +52,16 @@ def test_notebooks_are_committed_without_outputs():
                 assert cell.execution_count is None, f"{path.name} has execution counts"
 
 
+TERMINAL = "report-stderr.txt"
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
     result = run_cli(root, "report", "--params", str(REPO / "params/smoke.yaml"), *sets)
     assert result.returncode == 0, result.stderr[-4000:]
+    (root / TERMINAL).write_text(result.stderr)  # what the command showed in the terminal
     report_dir = root / result.stdout.strip().splitlines()[-1]
     (run_dir,) = (root / "runs").iterdir()
     return root, report_dir, run_dir
@@ -104,7 +108,10 @@ def output_text(output) -> str:
 
 
 def test_the_executed_notebooks_carry_no_start_up_noise(report):
-    _, report_dir, _ = report
+    root, report_dir, _ = report
+    terminal = (root / TERMINAL).read_text()
+    assert "01_eda.ipynb done in" in terminal  # the command's own lines are there
+    assert "without encryption" not in terminal  # kernels on Unix sockets, not open TCP ports
     for source in NOTEBOOKS:
         book = nbformat.read(report_dir / source.name, as_version=4)
         texts = [output_text(o) for c in book.cells if c.cell_type == "code" for o in c.outputs]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -45,11 +46,29 @@ def _to_html(notebook: Path) -> Path:
     return target
 
 
+def _kernel_manager_class() -> type | None:
+    """Kernels that talk over Unix sockets in Jupyter's runtime folder (POSIX), not over
+    unencrypted localhost TCP ports that any local user could connect to (ipykernel warns of
+    those at every start). ``None`` elsewhere: the default, TCP."""
+    if os.name != "posix":
+        return None
+    from jupyter_client import AsyncKernelManager
+    from traitlets import default
+
+    class SocketKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
+
+    return SocketKernelManager
+
+
 def run_notebook(source: Path, target: Path, parameters: dict[str, Any]) -> float:
     """Execute one notebook into ``target`` (and its HTML); return the seconds it took."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    manager = _kernel_manager_class()
     start = time.perf_counter()
     try:
         papermill.execute_notebook(
@@ -59,6 +78,7 @@ def run_notebook(source: Path, target: Path, parameters: dict[str, Any]) -> floa
             cwd=str(source.parent),
             progress_bar=False,
             kernel_name="python3",
+            **({"kernel_manager_class": manager} if manager else {}),
         )
     except PapermillExecutionError as err:
         raise NotebookFailed(
