@@ -130,6 +130,12 @@ def test_p_value_and_holm_by_hand():
     np.testing.assert_allclose(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
 
 
+def test_holm_leaves_a_missing_p_value_missing_and_does_not_count_it():
+    np.testing.assert_allclose(holm([0.01, np.nan, 0.04]), [0.02, np.nan, 0.04])
+    assert np.isnan(holm([np.nan, np.nan])).all()
+    assert holm([]).shape == (0,)
+
+
 def test_runs_on_different_splits_or_data_are_refused(tmp_path):
     a, _ = melanoma_case(tmp_path)
     labels, calls, ids = _labels_and_calls(a)

@@ -191,14 +191,15 @@ def paired_p_value(differences: np.ndarray) -> float:
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values (Holm 1979). Written out: six lines, where
-    statsmodels would be a dependency for this one function."""
+    """Holm's step-down adjusted p-values (Holm 1979). A missing p-value (NaN, a metric that
+    could not be computed) stays NaN and is not counted among the tests. Written out: a few
+    lines, where statsmodels would be a dependency for this one function."""
     p = np.asarray(p_values, dtype=float)
-    order = np.argsort(p)
-    adjusted = np.empty_like(p)
+    adjusted = np.full_like(p, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
     running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, (len(p) - rank) * p[index])
+    for rank, index in enumerate(finite[np.argsort(p[finite])]):
+        running = max(running, (len(finite) - rank) * p[index])
         adjusted[index] = min(1.0, running)
     return adjusted
 
