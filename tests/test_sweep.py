@@ -146,6 +146,22 @@ def test_the_sweep_command_prints_only_its_summary_on_stdout(folders, monkeypatc
     assert sweep_file.endswith("sweep.json")
 
 
+def test_best_of_refuses_candidates_scored_on_different_metrics(tmp_path):
+    from ham_utils.studies.sweep import check_grid
+
+    grid = tmp_path / "monitors.yaml"
+    grid.write_text(
+        "variants:\n"
+        "  a: {loss: focal}\n"
+        "  b: {loss: crossentropy, monitor: val_macro_f1}\n"
+        "  best: {best_of: [a, b], mixup_prob: 0.2}\n"
+    )
+    with pytest.raises(ParamsError, match=r"'best'.*different validation metrics"):
+        check_grid(None, load_grid(grid), {})
+    grid.write_text(grid.read_text().replace("monitor: val_macro_f1", "patience: 3"))
+    check_grid(None, load_grid(grid), {})  # one monitor: accepted
+
+
 def test_the_shipped_grids_load_with_their_parameter_files():
     from ham_utils.studies.sweep import check_grid
 

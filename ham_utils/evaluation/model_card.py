@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ham_utils.evaluation.bootstrap import headline_rows, with_interval
+from ham_utils.evaluation.subgroups import MIN_READABLE
 from ham_utils.runs import ENVIRONMENT_FILE, EXTERNAL_SET, SPLIT_INFO_FILE, Evaluation, Run
 
 MODEL_CARD_FILE = "MODEL_CARD.md"
@@ -98,7 +99,8 @@ def _subgroup_lines(metrics: dict[str, Any]) -> list[str]:
         worst = min(readable, key=lambda r: r["balanced_accuracy"])
         best = max(readable, key=lambda r: r["balanced_accuracy"])
         lines.append(
-            "Among subgroups of 30 or more test images, balanced accuracy is lowest for "
+            f"Among subgroups of {MIN_READABLE} or more test images, balanced accuracy is "
+            "lowest for "
             f"{worst['variable']} {worst['subgroup']} "
             f"({with_interval(worst['balanced_accuracy'], worst['balanced_accuracy_interval'])}"
             f", n={worst['images']}) and highest for {best['variable']} {best['subgroup']} "
@@ -107,7 +109,7 @@ def _subgroup_lines(metrics: dict[str, Any]) -> list[str]:
         )
     small = [f"{r['variable']} {r['subgroup']} (n={r['images']})" for r in rows if r["too_small"]]
     if small:
-        lines.append(f"Too small to read (under 30 images): {', '.join(small)}.")
+        lines.append(f"Too small to read (under {MIN_READABLE} images): {', '.join(small)}.")
     return [*lines, "", "The full table and forest plot: `figures/subgroups.png`.", ""]
 
 

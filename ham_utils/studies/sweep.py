@@ -126,12 +126,21 @@ def check_grid(base: str | Path | None, grid: Grid, overrides: dict[str, Any]) -
     """Load every variant's parameters once, so a typo fails now and not hours later."""
     known = {v.name: v for v in grid.variants}
     trained: dict[str, str] = {}  # the hash of a variant's run id -> the variant
+    monitors: dict[str, str] = {}  # variant -> the validation metric its best score is of
     for variant in grid.variants:
         chosen = known[variant.best_of[0]] if variant.best_of else None
         try:
             params = variant_params(base, grid, variant, overrides, chosen)
         except ParamsError as e:
             raise ParamsError(f"variant {variant.name!r} of {grid.path}: {e}") from None
+        monitors[variant.name] = params.monitor
+        compared = {name: monitors[name] for name in variant.best_of}
+        if len(set(compared.values())) > 1:
+            raise ParamsError(
+                f"variant {variant.name!r} of {grid.path} picks the best of {compared}, whose "
+                "best scores are of different validation metrics and cannot be compared; give "
+                "them one monitor"
+            )
         if variant.best_of and not variant.overrides:
             raise ParamsError(
                 f"variant {variant.name!r} of {grid.path} adds nothing to the variant its "
