@@ -130,6 +130,15 @@ def test_p_value_and_holm_by_hand():
     np.testing.assert_allclose(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
 
 
+def test_a_p_value_at_the_bootstraps_floor_is_shown_as_at_most_the_floor():
+    from ham_utils.studies.compare import format_p, smallest_p
+
+    floor = paired_p_value(np.full(999, 0.5))  # every resample on one side
+    assert floor == pytest.approx(smallest_p(999)) == pytest.approx(0.002)
+    assert format_p(floor, 999) == "≤ 0.002"
+    assert format_p(0.004, 999) == "0.004" and format_p(float("nan"), 999) == "nan"
+
+
 def test_holm_leaves_a_missing_p_value_missing_and_does_not_count_it():
     np.testing.assert_allclose(holm([0.01, np.nan, 0.04]), [0.02, np.nan, 0.04])
     assert np.isnan(holm([np.nan, np.nan])).all()

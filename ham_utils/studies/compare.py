@@ -248,10 +248,22 @@ class Comparison:
                     f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                     for v, lo, hi in d[["difference", "low", "high"]].to_numpy()
                 ],
-                "p": d["p_value"].map(lambda p: f"{p:.3f}"),
+                "p": d["p_value"].map(lambda p: format_p(p, self.resamples)),
                 "p (Holm)": d["p_holm"].map(lambda p: f"{p:.3f}"),
             }
         )
+
+
+def smallest_p(resamples: int) -> float:
+    """The smallest p-value :func:`paired_p_value` can give with ``resamples`` resamples."""
+    return 2 / (resamples + 1)
+
+
+def format_p(p: float, resamples: int) -> str:
+    """``p`` with three decimals; at the test's floor ``≤ floor``, since the bootstrap cannot
+    tell a smaller p from it."""
+    floor = smallest_p(resamples)
+    return f"≤ {floor:.3f}" if p <= floor * (1 + 1e-9) else f"{p:.3f}"
 
 
 def compare(
