@@ -272,7 +272,8 @@ def performance_page(run: Run) -> None:
             f"{with_interval(melanoma['sensitivity'], intervals.get('melanoma_sensitivity'))} "
             "at specificity "
             f"{with_interval(melanoma['specificity'], intervals.get('melanoma_specificity'))}. "
-            f"Calibration error (ECE) {with_interval(metrics['ece'], intervals.get('ece'))}"
+            f"Calibration error (ECE) {with_interval(metrics['ece'], intervals.get('ece'))} "
+            "(the bracket is a bootstrap range, which runs high for this error)"
             + (
                 f", {_fraction(metrics['ece_after_temperature'])} after temperature scaling."
                 if metrics.get("ece_after_temperature") is not None

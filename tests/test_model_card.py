@@ -52,6 +52,22 @@ def test_the_card_carries_the_evaluations_figures_and_the_disclaimers(tiny_run, 
     assert path.read_text() == card and path.name == "MODEL_CARD.md"
 
 
+def test_the_card_says_what_its_intervals_resample_and_what_they_leave_out(tiny_run, tmp_path):
+    run, metrics = _evaluated(tiny_run, tmp_path)
+    metrics["operating_points"] = {
+        "target_sensitivity": 0.9,
+        "melanoma": {"threshold": 0.1, "sensitivity": 0.9, "specificity": 0.64,
+                     "flagged_per_100": 35.5994},
+    }  # fmt: skip
+    metrics["uncertainty"]["intervals"]["screening_melanoma_flagged_per_100"] = [32.645, 38.551]
+    run.evaluation("best").metrics_file().write_text(json.dumps(metrics))
+    card = model_card(run)
+    assert "(1,000 resamples of the images, one per lesion)" in card
+    assert "| P(melanoma) | 0.100 | 0.900 | 0.640 | 35.6 [32.6, 38.6] |" in card
+    assert "treat each threshold as fixed" in card
+    assert "| expected calibration error (its bootstrap range runs high: not a confidence" in card
+
+
 def test_the_card_follows_the_files_not_a_template(tiny_run, tmp_path):
     run, metrics = _evaluated(tiny_run, tmp_path)
     metrics["balanced_accuracy"] = 0.123456

@@ -277,11 +277,31 @@ def bootstrap_intervals(
     }
 
 
-def with_interval(value: float | None, interval: list[float] | None) -> str:
-    """``0.612 [0.581, 0.643]``: a value and its interval, as tables and the app show them."""
+def with_interval(value: float | None, interval: list[float] | None, decimals: int = 3) -> str:
+    """``0.612 [0.581, 0.643]``: a value and its interval, as tables and the app show them
+    (``decimals=1`` for counts per 100: ``35.6 [32.6, 38.6]``)."""
     if value is None:
         return "n/a"
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+    text = f"{value:.{decimals}f}"
+    return text + (f" [{interval[0]:.{decimals}f}, {interval[1]:.{decimals}f}]" if interval else "")
+
+
+def decimals_of(key: str) -> int:
+    """How many decimals a metric is shown with: one for counts per 100, three otherwise."""
+    return 1 if key.endswith("per_100") else 3
+
+
+def resampling_words(uncertainty: dict[str, Any]) -> str:
+    """What the intervals resample, in plain words: ``1,000 resamples of the test lesions``."""
+    count = uncertainty.get("resamples")
+    if not count:
+        return "no resamples"
+    unit = uncertainty.get("unit", "")
+    if unit == "lesion":
+        return f"{count:,} resamples of the lesions, each with all its images"
+    if unit.startswith("image"):
+        return f"{count:,} resamples of the images, one per lesion"
+    return f"{count:,} resamples of {unit or 'the images'}"
 
 
 def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, float | None, list[float] | None]]:
@@ -304,6 +324,7 @@ def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, float | None, list
         ),
         ("weighted F1", metrics["weighted_f1"], "weighted_f1"),
         ("accuracy", metrics["accuracy"], "accuracy"),
-        ("expected calibration error", metrics["ece"], "ece"),
+        ("expected calibration error (its bootstrap range runs high: not a confidence interval)",
+         metrics["ece"], "ece"),
     ]  # fmt: skip
     return [(label, value, intervals.get(key)) for label, value, key in rows]

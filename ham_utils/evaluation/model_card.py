@@ -13,7 +13,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ham_utils.evaluation.bootstrap import headline_rows, with_interval
+from ham_utils.evaluation.bootstrap import (
+    decimals_of,
+    headline_rows,
+    resampling_words,
+    with_interval,
+)
 from ham_utils.evaluation.subgroups import MIN_READABLE
 from ham_utils.runs import ENVIRONMENT_FILE, EXTERNAL_SET, SPLIT_INFO_FILE, Evaluation, Run
 
@@ -39,8 +44,7 @@ def _evaluation_section(title: str, metrics: dict[str, Any]) -> list[str]:
         "",
         f"{metrics['n_images']} images: {metrics.get('source', 'source not recorded')}. "
         f"{metrics.get('tta_views', 1)} test-time view(s); 95% bootstrap intervals in brackets "
-        f"({metrics.get('uncertainty', {}).get('resamples', 'no')} resamples of "
-        f"{metrics.get('uncertainty', {}).get('unit', 'images')}).",
+        f"({resampling_words(metrics.get('uncertainty', {}))}).",
         "",
         "| metric | value [95% interval] |",
         "|---|---|",
@@ -72,7 +76,8 @@ def _operating_point_lines(metrics: dict[str, Any]) -> list[str]:
         "## Screening operating point",
         "",
         f"Thresholds chosen on the validation split to catch {points['target_sensitivity']:.0%} "
-        "of its cases, applied once to test:",
+        "of its cases, applied once to test. The intervals treat each threshold as fixed: they "
+        "leave out how much choosing it on another validation split would move it.",
         "",
         "| score | threshold | sensitivity | specificity | flagged per 100 |",
         "|---|---|---|---|---|",
@@ -82,7 +87,7 @@ def _operating_point_lines(metrics: dict[str, Any]) -> list[str]:
         if point is None:
             continue
         cells = [
-            with_interval(point[key], intervals.get(f"screening_{name}_{key}"))
+            with_interval(point[key], intervals.get(f"screening_{name}_{key}"), decimals_of(key))
             for key in ("sensitivity", "specificity", "flagged_per_100")
         ]
         lines.append(f"| {label} | {point['threshold']:.3f} | " + " | ".join(cells) + " |")
