@@ -286,13 +286,16 @@ def with_interval(value: float | None, interval: list[float] | None, decimals: i
     return text + (f" [{interval[0]:.{decimals}f}, {interval[1]:.{decimals}f}]" if interval else "")
 
 
-def decimals_of(key: str) -> int:
-    """How many decimals a metric is shown with: one for counts per 100, three otherwise."""
-    return 1 if key.endswith("per_100") else 3
+def screening_cell(point: dict[str, Any], intervals: dict[str, Any], name: str, key: str) -> str:
+    """One figure of the screening operating point ``name`` (``point[key]``) with its interval,
+    as the model card and the notebook show it: counts per 100 with one decimal."""
+    decimals = 1 if key.endswith("per_100") else 3
+    return with_interval(point[key], intervals.get(f"screening_{name}_{key}"), decimals)
 
 
 def resampling_words(uncertainty: dict[str, Any]) -> str:
-    """What the intervals resample, in plain words: ``1,000 resamples of the test lesions``."""
+    """What the intervals resample, in plain words: ``1,000 resamples of the images, one per
+    lesion``."""
     count = uncertainty.get("resamples")
     if not count:
         return "no resamples"

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ham_utils.evaluation.bootstrap import (
-    decimals_of,
     headline_rows,
     resampling_words,
+    screening_cell,
     with_interval,
 )
 from ham_utils.evaluation.subgroups import MIN_READABLE
@@ -87,7 +87,7 @@ def _operating_point_lines(metrics: dict[str, Any]) -> list[str]:
         if point is None:
             continue
         cells = [
-            with_interval(point[key], intervals.get(f"screening_{name}_{key}"), decimals_of(key))
+            screening_cell(point, intervals, name, key)
             for key in ("sensitivity", "specificity", "flagged_per_100")
         ]
         lines.append(f"| {label} | {point['threshold']:.3f} | " + " | ".join(cells) + " |")

@@ -18,7 +18,7 @@ from tqdm import TqdmWarning
 
 from ham_utils.config import PARAMETER_NAMES, Params, ParamsError, load_params, resolve_path
 from ham_utils.errors import capture_warnings, filter_native_noise
-from ham_utils.evaluation.bootstrap import decimals_of, headline_rows, with_interval
+from ham_utils.evaluation.bootstrap import headline_rows, screening_cell, with_interval
 from ham_utils.report.runner import FIGURES_DIR
 from ham_utils.runs import Run
 
@@ -174,9 +174,7 @@ def operating_point_table(metrics: dict[str, Any]) -> pd.DataFrame:
         rows[label] = {
             "threshold (from validation)": round(point["threshold"], 3),
             **{
-                column: with_interval(
-                    point[key], intervals.get(f"screening_{name}_{key}"), decimals_of(key)
-                )
+                column: screening_cell(point, intervals, name, key)
                 for key, column in (
                     ("sensitivity", "sensitivity"),
                     ("specificity", "specificity"),
