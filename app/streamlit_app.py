@@ -64,12 +64,12 @@ def predict_upload(run_dir: str, data: bytes, name: str, explain_class: str | No
 
 def choose_run() -> Run | None:
     """The run picked in the sidebar (the most recently finished by default)."""
-    runs = list_runs(config.RUNS_ROOT)
+    runs = list_runs(config.runs_root())
     if not runs:
         return None
     labels = {str(p): run_label(p) for p in runs}
     chosen = st.sidebar.selectbox(
-        "Run", list(labels), format_func=labels.get, help=f"finished runs in {config.RUNS_ROOT}"
+        "Run", list(labels), format_func=labels.get, help=f"finished runs in {config.runs_root()}"
     )
     return open_run(chosen)
 
@@ -301,7 +301,7 @@ def main() -> None:
         return
     if run is None:
         st.info(
-            f"No trained run in `{config.RUNS_ROOT}` yet. Make one with `make all` (demo data, "
+            f"No trained run in `{config.runs_root()}` yet. Make one with `make all` (demo data, "
             "a few minutes on a CPU) or `python -m ham_utils train --params params/smoke.yaml`, "
             "then reload this page."
         )

@@ -68,14 +68,49 @@ METADATA_COLUMNS: tuple[str, ...] = (
 ISIC_GROUND_TRUTH_COLUMNS: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = Path(os.environ.get("HAM_PROJECT_ROOT", PACKAGE_DIR.parent)).resolve()
-DATA_ROOT = PROJECT_ROOT / "data"
-DEMO_ROOT = DATA_ROOT / "demo"
-PROCESSED_ROOT = DATA_ROOT / "processed"
-CACHE_ROOT = DATA_ROOT / "cache"
-RUNS_ROOT = PROJECT_ROOT / "runs"
-# One folder per sweep of a grid file (ham_utils.studies.sweep): its progress and its logs.
-SWEEPS_ROOT = PROJECT_ROOT / "sweeps"
+
+
+# The project folder's layout. Each is read when called (HAM_PROJECT_ROOT may change while a
+# process runs: the tests run the command line in several project folders in one process).
+def project_root() -> Path:
+    """Where every output goes: ``HAM_PROJECT_ROOT`` if set, else the repository."""
+    return Path(os.environ.get("HAM_PROJECT_ROOT", PACKAGE_DIR.parent)).resolve()
+
+
+def demo_root() -> Path:
+    """The synthetic demo datasets, one folder per setting."""
+    return project_root() / "data" / "demo"
+
+
+def processed_root() -> Path:
+    """Per data folder: its split and the report of reading it."""
+    return project_root() / "data" / "processed"
+
+
+def cache_root() -> Path:
+    """Per data folder: its decoded, resized images."""
+    return project_root() / "data" / "cache"
+
+
+def runs_root() -> Path:
+    return project_root() / "runs"
+
+
+def sweeps_root() -> Path:
+    """One folder per sweep of a grid file (ham_utils.studies.sweep): progress and logs."""
+    return project_root() / "sweeps"
+
+
+def reports_root() -> Path:
+    """One folder of executed notebooks per run."""
+    return project_root() / "reports"
+
+
+def figures_root() -> Path:
+    """The latest report's figures, collected for the README."""
+    return project_root() / "figures"
+
+
 # Pretrained weights converted for Keras (machine-wide, shared by every project folder).
 WEIGHTS_CACHE = Path(
     os.environ.get("HAM_WEIGHTS_CACHE", Path.home() / ".cache" / "ham_utils" / "weights")
@@ -325,7 +360,7 @@ class Params:
             f"ham10000_synthetic_n{self.demo_images}_{self.demo_width}x{self.demo_height}"
             f"_seed{self.demo_seed}"
         )
-        return DEMO_ROOT / name
+        return demo_root() / name
 
     @property
     def uses_demo_data(self) -> bool:
@@ -334,7 +369,7 @@ class Params:
     @property
     def processed_dir(self) -> Path:
         """Where the split and the read report of this data folder live."""
-        return PROCESSED_ROOT / dataset_slug(self.resolved_data_dir)
+        return processed_root() / dataset_slug(self.resolved_data_dir)
 
     @property
     def splits_csv(self) -> Path:
@@ -342,13 +377,13 @@ class Params:
 
     @property
     def cache_dir(self) -> Path:
-        return CACHE_ROOT / dataset_slug(self.resolved_data_dir)
+        return cache_root() / dataset_slug(self.resolved_data_dir)
 
 
 def resolve_path(path: str | os.PathLike[str]) -> Path:
     """Resolve a path from a parameter file: relative paths are relative to the project root."""
     p = Path(path).expanduser()
-    return (p if p.is_absolute() else PROJECT_ROOT / p).resolve()
+    return (p if p.is_absolute() else project_root() / p).resolve()
 
 
 def dataset_slug(data_dir: Path) -> str:

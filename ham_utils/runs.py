@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ham_utils.config import MACHINE_PATHS, MODELS, RUNS_ROOT, Params, load_params
+from ham_utils import config
+from ham_utils.config import MACHINE_PATHS, MODELS, Params, load_params
 from ham_utils.errors import DataError
 
 PARAMS_FILE = "params.yaml"
@@ -351,7 +352,7 @@ def is_finished(path: Path) -> bool:
 
 def list_runs(runs_root: Path | None = None) -> list[Path]:
     """Finished runs, the most recently finished first."""
-    root = runs_root or RUNS_ROOT
+    root = runs_root or config.runs_root()
     if not root.is_dir():
         return []
     runs = [p for p in root.iterdir() if p.is_dir() and is_finished(p)]
@@ -369,13 +370,15 @@ def open_run(path: str | os.PathLike[str] | None = None) -> Run:
         found = latest_run()
         if found is None:
             raise DataError(
-                f"no finished run in {RUNS_ROOT}; train one with `make train` or "
+                f"no finished run in {config.runs_root()}; train one with `make train` or "
                 "`python -m ham_utils train --params params/smoke.yaml`"
             )
         path = found
     run_dir = Path(path).expanduser().resolve()
     if not (run_dir / PARAMS_FILE).is_file():
-        raise DataError(f"{run_dir} is not a run folder (no {PARAMS_FILE}); see {RUNS_ROOT}")
+        raise DataError(
+            f"{run_dir} is not a run folder (no {PARAMS_FILE}); see {config.runs_root()}"
+        )
     if not is_finished(run_dir):
         raise DataError(
             f"run {run_dir} has not finished training; start the same train command again "

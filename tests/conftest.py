@@ -51,9 +51,65 @@ def run_python(
     )
 
 
-def run_cli(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m ham_utils ARGS`` with every output under ``root``."""
+def run_cli_process(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m ham_utils ARGS`` in a new process with every output under ``root``: for
+    what needs a process of its own (another process holding a lock, a clean start-up)."""
     return run_python("-m", "ham_utils", *args, env=project_env(root), timeout=timeout)
+
+
+def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the command line ``python -m ham_utils ARGS`` in this process, as a new process would
+    run it (in the repository folder, every output under ``root``, INFO lines and warnings on
+    stderr), and give back what it returned and printed. A new process would spend about ten
+    of its seconds importing TensorFlow on this machine; this one has it already. What the
+    command changes for the process (environment, Keras' global precision policy, warning
+    filters, logging) is put back afterwards."""
+    import contextlib
+    import logging
+    import traceback
+    import warnings
+
+    import keras
+
+    from ham_utils.cli import main
+
+    saved_env, saved_cwd = dict(os.environ), Path.cwd()
+    saved_policy = keras.mixed_precision.global_policy()
+    root_logger = logging.getLogger()
+    saved_level = root_logger.level
+    stdout, stderr = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    os.environ.update(HAM_PROJECT_ROOT=str(root))
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(REPO)
+    root_logger.addHandler(handler)
+    root_logger.setLevel(logging.INFO)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+        ):
+            warnings.resetwarnings()  # a new process's filters: each warning shown again
+            warnings.simplefilter("default")
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:  # argparse's usage errors and --help
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            except Exception:  # what Python prints for an uncaught exception, exit status 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(saved_level)
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        keras.mixed_precision.set_global_policy(saved_policy)
+    return subprocess.CompletedProcess(
+        ["python", "-m", "ham_utils", *args], code, stdout.getvalue(), stderr.getvalue()
+    )
 
 
 def run_until_killed(

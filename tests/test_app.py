@@ -19,7 +19,7 @@ TIMEOUT = 120  # the first upload loads the model
 
 
 def start(runs_root, monkeypatch) -> AppTest:
-    monkeypatch.setattr(config, "RUNS_ROOT", runs_root)
+    monkeypatch.setattr(config, "runs_root", lambda: runs_root)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
     assert not at.exception, at.exception

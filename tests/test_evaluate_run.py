@@ -17,7 +17,6 @@ import pytest
 from conftest import lesion
 from PIL import Image
 
-from ham_utils import config
 from ham_utils.config import CLASSES
 from ham_utils.errors import DataError
 from ham_utils.evaluation import evaluate as evaluate_module
@@ -85,8 +84,7 @@ def project(tiny_run, tmp_path_factory):
         patch.setattr(evaluate_module, "_write_figures", lambda *args: None)
         patch.setattr(ood, "stage_layers", lambda model, stages=ood.stage_layers: stages(model)[:2])
         patch.setattr(Run, "load_model", loaded_once(Run.load_model))
-        patch.setattr(config, "CACHE_ROOT", root / "cache")
-        patch.setattr(tracking, "PROJECT_ROOT", root)
+        patch.setenv("HAM_PROJECT_ROOT", str(root))
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         run = open_run(run_dir).with_settings(data_dir=str(data_dir), track=False)
         evaluate_run(run, progress=False)

@@ -6,7 +6,6 @@ import shutil
 import pandas as pd
 import pytest
 
-from ham_utils import config
 from ham_utils.config import load_params
 from ham_utils.data.split import check_images_found, read_splits, relative_paths
 from ham_utils.errors import DataError
@@ -49,7 +48,7 @@ def test_a_run_without_classes_json_is_an_error_not_a_default(tiny_run, tmp_path
 def test_train_refuses_a_run_folder_of_another_split(tmp_path, monkeypatch):
     from ham_utils.train.loop import _check_same_split
 
-    monkeypatch.setattr(config, "PROCESSED_ROOT", tmp_path / "processed")
+    monkeypatch.setenv("HAM_PROJECT_ROOT", str(tmp_path))
     params = load_params(None, {"data_dir": str(tmp_path / "HAM10000")})
     rows = pd.DataFrame(
         {"image_id": ["a", "b"], "lesion_id": ["l1", "l2"], "dx": ["nv", "mel"],

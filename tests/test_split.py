@@ -156,8 +156,7 @@ def write_dataset(
 @pytest.fixture
 def params_for(tmp_path, monkeypatch):
     """Parameters reading a given data folder, writing the split under ``tmp_path``."""
-    monkeypatch.setattr("ham_utils.config.PROCESSED_ROOT", tmp_path / "processed")
-    monkeypatch.setattr("ham_utils.config.CACHE_ROOT", tmp_path / "cache")
+    monkeypatch.setenv("HAM_PROJECT_ROOT", str(tmp_path))
     return lambda data_dir: load_params(None, {"data_dir": str(data_dir), "track": False})
 
 

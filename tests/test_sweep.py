@@ -29,8 +29,7 @@ variants:
 @pytest.fixture
 def folders(tmp_path, monkeypatch):
     """Runs and sweeps under ``tmp_path``."""
-    monkeypatch.setattr(sweep_module, "RUNS_ROOT", tmp_path / "runs")
-    monkeypatch.setattr(sweep_module, "SWEEPS_ROOT", tmp_path / "sweeps")
+    monkeypatch.setenv("HAM_PROJECT_ROOT", str(tmp_path))
     grid = tmp_path / "grid.yaml"
     grid.write_text(GRID)
     return tmp_path, grid

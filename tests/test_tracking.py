@@ -77,7 +77,7 @@ def test_a_run_stopped_before_its_first_epoch_continues_its_mlflow_run(tmp_path,
     from ham_utils.train import tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setattr(tracking, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setenv("HAM_PROJECT_ROOT", str(tmp_path))
     run_dir = tmp_path / "runs" / "demo-focal_weights-0123abcd"
     run_dir.mkdir(parents=True)
     params = load_params(None, {"run_name": "demo-focal_weights"})

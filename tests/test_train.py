@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, project_env, run_cli, run_python, run_until_killed
+from conftest import REPO, project_env, run_cli, run_cli_process, run_python, run_until_killed
 
 from ham_utils.config import load_params
 from ham_utils.train.loop import run_id
@@ -71,7 +71,7 @@ def test_a_run_being_trained_by_another_process_is_refused(project_root):
     run_dir.mkdir(parents=True)
     with open(run_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        result = run_cli(project_root, *args)
+        result = run_cli_process(project_root, *args)
     assert result.returncode == 2
     assert "another process is training" in result.stderr
 

@@ -176,7 +176,7 @@ def read_external(external: str, progress: bool = True) -> GroundTruth:
 def _external_set(
     run: Run, truth: GroundTruth, evaluation: Evaluation, progress: bool
 ) -> EvaluationSet:
-    from ham_utils.config import CACHE_ROOT, dataset_slug
+    from ham_utils.config import cache_root, dataset_slug
     from ham_utils.data.cache import build_split_cache
 
     dataset, csv_path = truth.dataset, truth.csv_path
@@ -187,7 +187,7 @@ def _external_set(
     cached = build_split_cache(
         dataset.metadata,
         "external",
-        CACHE_ROOT / dataset_slug(csv_path.parent),
+        cache_root() / dataset_slug(csv_path.parent),
         params.image_size,
         params.resize_mode,
         progress=progress,

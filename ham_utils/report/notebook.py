@@ -16,13 +16,22 @@ os.environ.setdefault("TQDM_MININTERVAL", "10")
 import pandas as pd
 from tqdm import TqdmWarning
 
-from ham_utils.config import PARAMETER_NAMES, Params, ParamsError, load_params, resolve_path
+from ham_utils.config import (
+    PARAMETER_NAMES,
+    Params,
+    ParamsError,
+    figures_root,
+    load_params,
+    resolve_path,
+)
 from ham_utils.errors import capture_warnings, filter_native_noise
 from ham_utils.evaluation.bootstrap import headline_rows, screening_cell, with_interval
-from ham_utils.report.runner import FIGURES_DIR
 from ham_utils.runs import Run
 
 __all__ = ["FIGURES_DIR", "setup"]
+
+# A notebook's kernel works in one project folder, fixed when it starts.
+FIGURES_DIR = figures_root()
 
 log = logging.getLogger("ham_utils")
 
@@ -122,10 +131,10 @@ def describe_recipe(params: Params) -> pd.DataFrame:
 def open_params_run(params: Params) -> Run:
     """The finished run these parameters train (``03_training`` makes it), with this
     notebook's evaluation settings and data folder (the run may come from another machine)."""
-    from ham_utils.config import RUNS_ROOT
+    from ham_utils.config import runs_root
     from ham_utils.runs import EVALUATION_SETTINGS, open_run, run_id
 
-    run = open_run(RUNS_ROOT / run_id(params))
+    run = open_run(runs_root() / run_id(params))
     return run.with_settings(**{key: getattr(params, key) for key in EVALUATION_SETTINGS})
 
 

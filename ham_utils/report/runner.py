@@ -15,13 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ham_utils.config import PACKAGE_DIR, PROJECT_ROOT, RUNS_ROOT, Params
+from ham_utils.config import PACKAGE_DIR, Params, figures_root, reports_root, runs_root
 
 log = logging.getLogger("ham_utils")
 
 NOTEBOOKS_DIR = PACKAGE_DIR.parent / "notebooks"
-REPORTS_ROOT = PROJECT_ROOT / "reports"
-FIGURES_DIR = PROJECT_ROOT / "figures"
 
 
 class NotebookFailed(RuntimeError):
@@ -101,8 +99,8 @@ def collect_figures(run_dir: Path | None) -> list[Path]:
     evaluation = evaluation_at(run_dir, "best")
     for folder in (evaluation.figures_dir(), evaluation.gradcam_dir):
         for png in sorted(folder.glob("*.png")):
-            FIGURES_DIR.mkdir(parents=True, exist_ok=True)
-            copied.append(Path(shutil.copy2(png, FIGURES_DIR / png.name)))
+            figures_root().mkdir(parents=True, exist_ok=True)
+            copied.append(Path(shutil.copy2(png, figures_root() / png.name)))
     return copied
 
 
@@ -117,7 +115,7 @@ def run_report(params: Params, params_file: Path | None, overrides: dict[str, An
     from ham_utils.runs import run_id
 
     _quiet_papermill()
-    report_dir = REPORTS_ROOT / run_id(params)
+    report_dir = reports_root() / run_id(params)
     report_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"params_file": str(params_file) if params_file else "", "overrides": overrides}
     seconds: dict[str, float] = {}
@@ -126,6 +124,6 @@ def run_report(params: Params, params_file: Path | None, overrides: dict[str, An
         seconds[source.stem] = round(run_notebook(source, report_dir / source.name, parameters), 1)
         log.info("%s done in %.0f s -> %s", source.name, seconds[source.stem], report_dir)
     (report_dir / "timing.json").write_text(json.dumps(seconds, indent=2) + "\n")
-    run_dir = RUNS_ROOT / run_id(params)
+    run_dir = runs_root() / run_id(params)
     collect_figures(run_dir if run_dir.is_dir() else None)
     return report_dir

@@ -34,11 +34,11 @@ from typing import Any
 import yaml
 
 from ham_utils.config import (
-    RUNS_ROOT,
-    SWEEPS_ROOT,
     Params,
     ParamsError,
     load_params,
+    runs_root,
+    sweeps_root,
     yaml_problem,
 )
 from ham_utils.runs import RunState, evaluation_at, run_id, write_atomic
@@ -192,7 +192,7 @@ def sweep_dir(base: str | Path | None, grid: Grid, overrides: dict[str, Any]) ->
         sort_keys=True,
         default=str,
     )
-    return SWEEPS_ROOT / f"{grid.name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    return sweeps_root() / f"{grid.name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
 class Sweep:
@@ -236,7 +236,7 @@ def _pick_best(variant: Variant, sweep: Sweep, grid: Grid) -> Variant:
                 f"{variant.name} is the best of {list(variant.best_of)}, but {name} is "
                 f"{entry['status']}; fix it and run the sweep again"
             )
-        scores[name] = RunState.load(RUNS_ROOT / entry["run"]).best_score
+        scores[name] = RunState.load(runs_root() / entry["run"]).best_score
     best = max(variant.best_of, key=lambda name: scores[name])  # ties: the first listed
     sweep.update(variant.name, chosen=best, validation_scores=scores)
     return by_name[best]
@@ -275,7 +275,7 @@ def run_sweep(
         try:
             chosen = _pick_best(variant, sweep, grid) if variant.best_of else None
             params = variant_params(base, grid, variant, overrides, chosen)
-            run_dir = RUNS_ROOT / run_id(params)
+            run_dir = runs_root() / run_id(params)
             sweep.update(variant.name, run=run_dir.name)
             if is_done(run_dir):
                 log.info("%s: done before, skipped (%s)", label, run_dir)
@@ -315,7 +315,7 @@ def summary(sweep: Sweep) -> str:
         run = entry.get("run", "")
         score = ""
         if entry["status"] == "done" and run:
-            score = f"best validation score {RunState.load(RUNS_ROOT / run).best_score:.3f}"
+            score = f"best validation score {RunState.load(runs_root() / run).best_score:.3f}"
         chosen = f"(best of: {entry['chosen']}) " if entry.get("chosen") else ""
         detail = entry.get("error") or score
         lines.append(f"{name:24s} {entry['status']:8s} {chosen}{run}  {detail}".rstrip())

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ham_utils.config import CLASSES, RUNS_ROOT, Params
+from ham_utils import config
+from ham_utils.config import CLASSES, Params
 from ham_utils.runs import (
     CHECKPOINTS_DIR,
     CLASSES_FILE,
@@ -243,6 +244,9 @@ def _compile(
         metrics=training_metrics(),
         jit_compile=jit,
     )
+    # Keras creates the optimizer's slots inside the first trace of the train step otherwise,
+    # and TensorFlow then traces the step again: this halves the start-up of every phase.
+    model.optimizer.build(model.trainable_variables)
 
 
 def _plateau_callback(params: Params, phase: int) -> list[keras.callbacks.Callback]:
@@ -368,14 +372,14 @@ def _write_run_files(
 
 def train(
     params: Params,
-    runs_root: Path = RUNS_ROOT,
+    runs_root: Path | None = None,
     progress: bool = True,
     tags: dict[str, str] | None = None,
 ) -> Path:
     """Train (or resume, or find finished) the run of these parameters; return its folder.
 
     ``tags`` go on its MLflow run when one is started (e.g. the sweep it belongs to)."""
-    run_dir = runs_root / run_id(params)
+    run_dir = (runs_root or config.runs_root()) / run_id(params)
     _check_same_split(run_dir, params)
     state = RunState.load(run_dir)
     if state.finished:

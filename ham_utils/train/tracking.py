@@ -15,7 +15,7 @@ from typing import Any
 import keras
 
 from ham_utils import runs
-from ham_utils.config import PROJECT_ROOT, Params
+from ham_utils.config import Params, project_root
 
 log = logging.getLogger("ham_utils")
 
@@ -38,7 +38,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
 def _experiment_id() -> str:
@@ -50,7 +50,7 @@ def _experiment_id() -> str:
     if experiment is not None:
         return experiment.experiment_id
     return mlflow.create_experiment(
-        EXPERIMENT, artifact_location=(PROJECT_ROOT / "mlruns").as_uri()
+        EXPERIMENT, artifact_location=(project_root() / "mlruns").as_uri()
     )
 
 
