@@ -1,4 +1,4 @@
-"""Training runs end to end, in subprocesses, on tiny synthetic data."""
+"""Training runs end to end on tiny synthetic data; in subprocesses where a process is killed, holds a lock or needs another backend."""
 
 import json
 import os
@@ -60,6 +60,25 @@ def test_plateau_schedule_adds_reduce_lr_on_plateau_in_phase_two_only():
     assert callback.monitor == "val_balanced_accuracy" and callback.patience == 3
     assert _plateau_callback(plateau, phase=1) == []
     assert _plateau_callback(load_params(None, {}), phase=2) == []
+
+
+def test_each_phase_traces_its_train_step_once():
+    """Variables made inside the first trace of the train step (the optimizer's slots, macro
+    F1's counts) make TensorFlow trace the whole step again: tens of seconds per phase."""
+    import keras
+    import numpy as np
+
+    from ham_utils.train.loop import _compile
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(7, activation="softmax")(inputs))
+    _compile(model, load_params(None, {}), phase=1, steps=1, counts=np.ones(7))
+    traces = []
+    step = model.train_step
+    model.train_step = lambda data: traces.append(data) or step(data)
+    x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+    model.fit(x, keras.utils.to_categorical(np.arange(8) % 7, 7), epochs=2, verbose=0)
+    assert len(traces) == 1
 
 
 def test_a_run_being_trained_by_another_process_is_refused(project_root):
