@@ -1,4 +1,5 @@
-"""Training runs end to end on tiny synthetic data; in subprocesses where a process is killed, holds a lock or needs another backend."""
+"""Training runs end to end on tiny synthetic data; in subprocesses where a process is
+killed, holds a lock or needs another backend."""
 
 import json
 import os
