@@ -136,10 +136,11 @@ def show_prediction(run: Run, upload) -> None:
     level = prediction.risk
     if level is None:  # flagged by the out-of-distribution check
         st.warning(
-            f"{upload.name}: {OOD_MESSAGE}. Its distance to the training images' features "
-            f"({prediction.ood_score:.0f}) is above the threshold set on the run's validation "
-            f"lesions ({prediction.ood_threshold:.0f}). The probabilities below are shown for "
-            "study only."
+            f"{upload.name}: {OOD_MESSAGE}. How unusual it is for this model: "
+            f"{prediction.ood_score:.2f}; images above {prediction.ood_threshold:.2f} are "
+            f"withheld (a threshold set to withhold {run.params.ood_flag_rate:.0%} of the "
+            "run's validation lesions). "
+            "The probabilities below are shown for study only."
         )
     else:
         st.markdown(

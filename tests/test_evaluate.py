@@ -64,3 +64,31 @@ def test_evaluate_without_any_run_says_how_to_make_one(project_root):
     result = run_cli(project_root, "evaluate")
     assert result.returncode == 2
     assert "no finished run" in result.stderr and "train" in result.stderr
+
+
+def test_what_the_ood_check_withholds_is_counted_per_class_and_as_missed_cases():
+    from types import SimpleNamespace
+
+    from ham_utils.config import CLASSES
+    from ham_utils.evaluation.evaluate import Fitted, _ood_record
+
+    mel, nv = CLASSES.index("mel"), CLASSES.index("nv")
+    labels = np.array([mel] * 4 + [nv] * 6)
+    probs = np.full((10, len(CLASSES)), 0.02)
+    probs[:4, mel] = 0.88  # every melanoma above the threshold...
+    probs[4:, nv] = 0.88
+    flagged = np.array([True, True, False, False, True, False, False, False, False, False])
+    fitted = Fitted(
+        None,
+        {"melanoma": 0.5, "high_risk": None},
+        0.9,
+        SimpleNamespace(flag_rate=0.05, threshold=3),
+    )
+    record = _ood_record(flagged, labels, probs, fitted, SimpleNamespace(classes=CLASSES))
+    assert record["flagged"] == pytest.approx(0.3)
+    assert record["flagged_by_class"]["mel"] == {"images": 4, "flagged": 2}
+    assert record["flagged_by_class"]["nv"] == {"images": 6, "flagged": 1}
+    # ...but two are withheld: a user is told nothing about them, so they are missed.
+    assert record["screening_end_to_end"] == {
+        "melanoma": {"sensitivity": 0.5, "positives": 4, "positives_withheld": 2}
+    }

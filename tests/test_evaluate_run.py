@@ -2,7 +2,7 @@
 
 A copy of the session's tiny run (EfficientNetB0 at 32 px, random weights) gets a split of
 42 small synthetic images, so that one evaluation takes seconds: its figures are not drawn
-(tests/test_report.py checks them) and its out-of-distribution check reads the first two
+(tests/test_report.py checks them) and its out-of-distribution check reads its first two
 stages only (a Ledoit-Wolf fit of the top layer's 2,560 features takes half a minute here).
 Faults are planted with monkeypatch.
 """
@@ -82,7 +82,11 @@ def project(tiny_run, tmp_path_factory):
     pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(evaluate_module, "_write_figures", lambda *args: None)
-        patch.setattr(ood, "stage_layers", lambda model, stages=ood.stage_layers: stages(model)[:2])
+        patch.setattr(
+            ood,
+            "stage_layers",
+            lambda model, first=0, stages=ood.stage_layers: stages(model, first)[:2],
+        )
         patch.setattr(Run, "load_model", loaded_once(Run.load_model))
         patch.setenv("HAM_PROJECT_ROOT", str(root))
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")

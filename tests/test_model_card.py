@@ -78,3 +78,35 @@ def test_the_card_follows_the_files_not_a_template(tiny_run, tmp_path):
 def test_no_card_before_an_evaluation(tiny_run):
     with pytest.raises(FileNotFoundError, match="evaluate --which last"):
         model_card(open_run(tiny_run), "last")
+
+
+def test_the_external_set_gets_its_screening_point_and_what_the_check_withheld(tiny_run, tmp_path):
+    run, metrics = _evaluated(tiny_run, tmp_path)
+    external = {
+        **metrics,
+        "source": "ISIC 2018 Task 3 test images",
+        "operating_points": {
+            "target_sensitivity": 0.9,
+            "melanoma": {"threshold": 0.1, "sensitivity": 0.7, "specificity": 0.5,
+                         "flagged_per_100": 52.04},
+        },
+        "out_of_distribution": {
+            "flag_rate_on_validation": 0.05, "threshold": 4.7, "flagged": 0.412,
+            "flagged_by_class": {"mel": {"images": 10, "flagged": 4},
+                                 "nv": {"images": 230, "flagged": 95}},
+            "screening_end_to_end": {
+                "melanoma": {"sensitivity": 0.4, "positives": 10, "positives_withheld": 4}
+            },
+        },
+    }  # fmt: skip
+    path = run.evaluation("best").metrics_file("external")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(external))
+    card = model_card(run)
+    section = card[card.index("## External test set") :]
+    assert (
+        "### Screening operating point" in section and "| P(melanoma) | 0.100 | 0.700 |" in section
+    )
+    assert "on this set it flagged 41.2% of the images" in section
+    assert "Withheld by class: mel 4 of 10, nv 95 of 230." in section
+    assert "sensitivity 0.400 (4 of 10 positives withheld)" in section

@@ -3,7 +3,6 @@ set to, and it flags photographs that are not lesions, noise and flat colours.""
 
 import numpy as np
 import pytest
-import skimage.data
 
 from ham_utils.evaluation.ood import FeatureExtractor, OodDetector, fit_detector, stage_layers
 
@@ -39,23 +38,10 @@ def _lesions(n: int, seed: int) -> np.ndarray:
 
 
 def _not_lesions() -> dict[str, np.ndarray]:
-    from PIL import Image
-
     from ham_utils.data.images import resize_square
+    from ham_utils.evaluation.ood_probes import not_lesions
 
-    photos = {
-        name: getattr(skimage.data, name)()
-        for name in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "brick")
-    }
-    rng = np.random.default_rng(1)
-    photos["noise"] = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)
-    for name, colour in {"black": 0, "white": 255, "grey": 128, "skin": (220, 180, 150)}.items():
-        photos[f"flat {name}"] = np.full((150, 200, 3), colour, dtype=np.uint8)
-    out = {}
-    for name, image in photos.items():
-        rgb = np.stack([image] * 3, -1) if image.ndim == 2 else image[..., :3]
-        out[name] = resize_square(Image.fromarray(rgb.astype(np.uint8)), SIZE)
-    return out
+    return {name: resize_square(picture, SIZE) for name, picture in not_lesions().items()}
 
 
 def test_photographs_noise_and_flat_colours_are_flagged(tiny_lite_run):
@@ -64,10 +50,13 @@ def test_photographs_noise_and_flat_colours_are_flagged(tiny_lite_run):
 
     model = open_run(tiny_lite_run).load_model()
     extractor = FeatureExtractor(model)
-    assert [layer.name for layer in extractor.layers][-1] == "top_activation"
-    assert len(extractor.layers) >= 6  # the stem, the stages, the top
+    names = [layer.name for layer in extractor.layers]
+    assert names[0].startswith("block4") and names[-1] == "top_activation", names
     detector = fit_detector(
-        extractor.features(_lesions(240, seed=0)), extractor.features(_lesions(120, seed=1)), 0.05
+        extractor.features(_lesions(240, seed=0)),
+        extractor.features(_lesions(120, seed=1)),
+        0.05,
+        extractor,
     )
     others = _not_lesions()
     flagged = detector.flags(extractor.features(np.stack(list(others.values()))))
@@ -81,3 +70,15 @@ def test_stage_layers_end_with_the_grad_cam_feature_map(tiny_run):
     names = [layer.name for layer in stage_layers(open_run(tiny_run).load_model())]
     assert names[0] == "stem_activation" and names[-1] == "top_activation"
     assert len(names) == len(set(names))
+
+
+def test_the_detector_keeps_the_view_and_stages_it_was_fitted_on(tmp_path):
+    rng = np.random.default_rng(0)
+    features = [rng.normal(0, 1, (50, 3))]
+    detector = fit_detector(features, features, 0.1)
+    assert (detector.view_scale, detector.first_stage) == (1, 0)  # no extractor: as before
+    from dataclasses import replace
+
+    replace(detector, view_scale=3, first_stage=4).save(tmp_path / "ood.npz")
+    again = OodDetector.load(tmp_path / "ood.npz")
+    assert (again.view_scale, again.first_stage) == (3, 4)

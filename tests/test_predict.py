@@ -189,7 +189,8 @@ def test_an_image_the_ood_check_flags_gets_a_warning_instead_of_a_risk_level(
     extractor = FeatureExtractor(predictor.explainer.model)
     size = run.params.image_size
     images = np.stack([lesion(size, size, seed=s) for s in range(60)])
-    detector = fit_detector(extractor.features(images[:40]), extractor.features(images[40:]), 0.1)
+    features = extractor.features(images[:40]), extractor.features(images[40:])
+    detector = fit_detector(*features, 0.1, extractor)
     data = encode(Image.fromarray(lesion(seed=9)), "PNG")
     for threshold, flagged in ((np.inf, False), (-1.0, True)):
         replace(detector, threshold=threshold).save(run.evaluation("best").ood_file)

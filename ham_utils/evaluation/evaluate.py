@@ -130,10 +130,12 @@ def _split_set(run: Run, split: str, out_dir: Path, progress: bool) -> Evaluatio
     cached = build_split_cache(
         rows, split, params.cache_dir, params.image_size, params.resize_mode, progress=progress
     )
-    source = f"the run's {split} split ({run.path / SPLITS_FILE}, one image per lesion)"
+    # Sources name files a reader can find wherever the run travels: relative to the run
+    # folder, or by the data set's own names, never this machine's folders.
+    source = f"the run's {split} split ({SPLITS_FILE}, one image per lesion)"
     groups = None
     if not params.one_image_per_lesion_eval:
-        source = f"the run's {split} split ({run.path / SPLITS_FILE}, every image)"
+        source = f"the run's {split} split ({SPLITS_FILE}, every image)"
         lesion_of = rows.set_index("image_id")["lesion_id"]
         groups = lesion_of.loc[cached.image_ids].to_numpy()
     metadata = rows.set_index("image_id").loc[cached.image_ids].reset_index()
@@ -192,7 +194,10 @@ def _external_set(
         params.resize_mode,
         progress=progress,
     )
-    source = f"ISIC 2018 Task 3 ground truth {csv_path}, {len(dataset.dropped)} rows dropped"
+    source = (
+        f"ISIC 2018 Task 3 ground truth {csv_path.parent.name}/{csv_path.name}, "
+        f"{len(dataset.dropped)} rows dropped"
+    )
     return EvaluationSet(
         EXTERNAL_SET, cached.images, cached.labels, cached.image_ids, out_dir, source
     )
@@ -318,7 +323,7 @@ def _fit_ood(
     subset = fit_subset(len(train.labels), params.seed)
     train_features = extractor.features(train.images[subset], params.batch_size)
     val_features = extractor.features(val.images, params.batch_size)
-    detector = fit_detector(train_features, val_features, params.ood_flag_rate)
+    detector = fit_detector(train_features, val_features, params.ood_flag_rate, extractor)
     detector.save(evaluation.ood_file)
     return extractor, detector
 
@@ -344,6 +349,40 @@ def _operating_points(
         for key, interval in flag_intervals(truth[name], flagged, counts).items():
             intervals[f"screening_{name}_{key}"] = interval
     return points, intervals
+
+
+def _ood_record(
+    flagged: np.ndarray, labels: np.ndarray, probs: np.ndarray, fitted: Fitted, run: Run
+) -> dict[str, Any]:
+    """What the out-of-distribution check withholds on this set: the share of images, the
+    count per class (are melanomas among them?), and each screening operating point's
+    sensitivity when a withheld image counts as missed, as it is for a user who is given no
+    risk level for it."""
+    from ham_utils.evaluation.scoring import apply_temperature, operating_point
+
+    shown = apply_temperature(probs, fitted.temperature) if fitted.temperature else probs
+    scores, truth = screening_scores(shown, run.classes), _screening_truth(labels, run.classes)
+    end_to_end = {}
+    for name, threshold in fitted.thresholds.items():
+        if threshold is None:
+            continue
+        screened = np.where(flagged, -np.inf, scores[name])  # withheld: never screened positive
+        point = operating_point(truth[name], screened, threshold)
+        end_to_end[name] = {
+            "sensitivity": point["sensitivity"],
+            "positives": int(truth[name].sum()),
+            "positives_withheld": int((truth[name] & flagged).sum()),
+        }
+    return {
+        "flag_rate_on_validation": fitted.ood.flag_rate,
+        "threshold": fitted.ood.threshold,
+        "flagged": float(flagged.mean()),
+        "flagged_by_class": {
+            name: {"images": int((labels == i).sum()), "flagged": int(flagged[labels == i].sum())}
+            for i, name in enumerate(run.classes)
+        },
+        "screening_end_to_end": end_to_end,
+    }
 
 
 def _evaluate_set(
@@ -374,11 +413,7 @@ def _evaluate_set(
     metrics["selective"] = selective_summary(data.labels, probs)
     if fitted.ood is not None:
         flagged = fitted.ood.flags(fitted.features.features(data.images, params.batch_size))
-        metrics["out_of_distribution"] = {
-            "flag_rate_on_validation": fitted.ood.flag_rate,
-            "threshold": fitted.ood.threshold,
-            "flagged": float(flagged.mean()),
-        }
+        metrics["out_of_distribution"] = _ood_record(flagged, data.labels, probs, fitted, run)
     subgroups = None
     if data.metadata is not None:
         from ham_utils.evaluation.subgroups import as_records, subgroup_table

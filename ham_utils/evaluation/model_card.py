@@ -67,22 +67,26 @@ def _calibration_lines(metrics: dict[str, Any]) -> list[str]:
     ]
 
 
-def _operating_point_lines(metrics: dict[str, Any]) -> list[str]:
+SCREENING_SCORES = (("melanoma", "P(melanoma)"), ("high_risk", "P(mel) + P(bcc)"))
+
+
+def _operating_point_lines(metrics: dict[str, Any], heading: str = "##") -> list[str]:
     points = metrics.get("operating_points")
     if not points:
         return []
     intervals = metrics.get("uncertainty", {}).get("intervals", {})
     lines = [
-        "## Screening operating point",
+        f"{heading} Screening operating point",
         "",
         f"Thresholds chosen on the validation split to catch {points['target_sensitivity']:.0%} "
-        "of its cases, applied once to test. The intervals treat each threshold as fixed: they "
-        "leave out how much choosing it on another validation split would move it.",
+        f"of its cases, applied once to this set ({metrics['n_images']} images). The intervals "
+        "treat each threshold as fixed: they leave out how much choosing it on another "
+        "validation split would move it.",
         "",
         "| score | threshold | sensitivity | specificity | flagged per 100 |",
         "|---|---|---|---|---|",
     ]
-    for name, label in (("melanoma", "P(melanoma)"), ("high_risk", "P(mel) + P(bcc)")):
+    for name, label in SCREENING_SCORES:
         point = points.get(name)
         if point is None:
             continue
@@ -118,19 +122,31 @@ def _subgroup_lines(metrics: dict[str, Any]) -> list[str]:
     return [*lines, "", "The full table and forest plot: `figures/subgroups.png`.", ""]
 
 
-def _ood_lines(metrics: dict[str, Any]) -> list[str]:
+def _ood_lines(metrics: dict[str, Any], heading: str = "##") -> list[str]:
     ood = metrics.get("out_of_distribution")
     if not ood:
         return []
-    return [
-        "## Images the model should not judge",
+    lines = [
+        f"{heading} Images the model should not judge",
         "",
         "An out-of-distribution check on the backbone's features (`ham_utils.evaluation.ood`) "
         "withholds the risk level for images unlike the training images. Its threshold flags "
-        f"{ood['flag_rate_on_validation']:.0%} of the validation lesions; it flagged "
-        f"{ood['flagged']:.1%} of the test lesions.",
-        "",
+        f"{ood['flag_rate_on_validation']:.0%} of the validation lesions; on this set it "
+        f"flagged {ood['flagged']:.1%} of the images.",
     ]
+    by_class = ood.get("flagged_by_class")
+    if by_class:
+        counts = ", ".join(f"{c} {v['flagged']} of {v['images']}" for c, v in by_class.items())
+        lines.append(f"Withheld by class: {counts}.")
+    for name, label in SCREENING_SCORES:
+        point = ood.get("screening_end_to_end", {}).get(name)
+        if point and point["sensitivity"] is not None:
+            lines.append(
+                f"Screening on {label}, a withheld image counted as missed: sensitivity "
+                f"{point['sensitivity']:.3f} ({point['positives_withheld']} of "
+                f"{point['positives']} positives withheld)."
+            )
+    return [*lines, ""]
 
 
 def model_card(run: Run, which: str = "best", evaluation: Evaluation | None = None) -> str:
@@ -217,6 +233,8 @@ def model_card(run: Run, which: str = "best", evaluation: Evaluation | None = No
     external = evaluation.metrics(EXTERNAL_SET)
     if external is not None:
         lines += _evaluation_section("External test set", external)
+        lines += _operating_point_lines(external, heading="###")
+        lines += _ood_lines(external, heading="###")
     lines += [
         "## Limitations",
         "",

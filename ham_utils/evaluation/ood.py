@@ -4,14 +4,22 @@ A softmax spreads its probability over the seven classes for any input, a photog
 cat or a frame of noise included, so the probabilities cannot say "this is not a lesion".
 The score here follows the feature ensemble of Lee et al. ("A Simple Unified Framework for
 Detecting Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018): at the last
-layer of each stage of the backbone, the per-channel spatial mean and standard deviation of
-the feature map are compared with those of the training images by a Mahalanobis distance
-(one Gaussian per layer, covariance by scikit-learn's Ledoit-Wolf shrinkage, since the
-features outnumber the images). Each layer's distance is divided by its median on the
-validation split and the largest ratio is the score; the threshold flags ``ood_flag_rate``
-of the validation lesions. Early layers catch flat colours and noise (their texture
-statistics are far from skin's), the top layer catches photographs of other things: on the
-pretrained CPU recipe the top layer alone missed every flat-colour image (README).
+layer of each checked stage of the backbone, the per-channel spatial mean and standard
+deviation of the feature map are compared with those of the training images by a
+Mahalanobis distance (one Gaussian per layer, covariance by scikit-learn's Ledoit-Wolf
+shrinkage, since the features outnumber the images). Each layer's distance is divided by its
+median on the validation split and the largest ratio is the score; the threshold flags
+``ood_flag_rate`` of the validation lesions.
+
+What the check looks at was chosen so that a lesion photographed at another resolution is
+not flagged (README, "Out of distribution"). The statistics of the early stages measure
+sharpness, and a 600x450 photograph shrunk to the model's input is sharper than the 200x150
+copies a model is trained on: with every stage checked at the model's resolution, all 124
+such photographs were flagged. The check therefore sees each image at a third of the
+model's resolution (shrunk and enlarged again, :data:`VIEW_SCALE`), where every source still
+has all the detail the view holds, and reads the stages from block 4 up
+(:data:`FIRST_STAGE`). Flat colours and noise are still far from skin there, and the top
+layer catches photographs of other things.
 """
 
 from __future__ import annotations
@@ -28,11 +36,15 @@ OOD_MESSAGE = (
     "this does not look like the dermatoscopic images the model was trained on: no risk "
     "level is given"
 )
+# The view the check looks at: the model's input shrunk by this factor and enlarged again.
+VIEW_SCALE = 3
+# The first backbone stage whose statistics are read (EfficientNets: stem, block1 ... block7).
+FIRST_STAGE = 4
 
 
-def stage_layers(model: Any) -> list[Any]:
+def stage_layers(model: Any, first_stage: int = 0) -> list[Any]:
     """The last image-like layer of each stage of the backbone (stem, block1 ... block7 on
-    EfficientNets) and the last feature map (Grad-CAM's)."""
+    EfficientNets) from ``block{first_stage}`` up, and the last feature map (Grad-CAM's)."""
     from ham_utils.model.build import backbone_blocks, feature_layer_name
 
     last: dict[str, Any] = {}
@@ -41,17 +53,41 @@ def stage_layers(model: Any) -> list[Any]:
         if image_like:
             last[name.rstrip("abcdefghijklmnopqrstuvwxyz") or name] = image_like[-1]
     top = model.get_layer(feature_layer_name(model))
-    return [*(layer for layer in last.values() if layer is not top), top]
+    kept = [
+        layer
+        for stage, layer in last.items()
+        if layer is not top and _stage_number(stage) >= first_stage
+    ]
+    return [*kept, top]
+
+
+def _stage_number(stage: str) -> int:
+    """``block4`` is 4; the stem (and any stage not numbered so) is 0."""
+    digits = "".join(c for c in stage if c.isdigit())
+    return int(digits) if stage.startswith("block") and digits else 0
 
 
 class FeatureExtractor:
-    """Per stage, the per-channel spatial mean and standard deviation of the feature map."""
+    """Per checked stage, the per-channel spatial mean and standard deviation of the feature
+    map, on the view of each image that ``view_scale`` makes."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(
+        self, model: Any, view_scale: int = VIEW_SCALE, first_stage: int = FIRST_STAGE
+    ) -> None:
         import keras
 
-        self.layers = stage_layers(model)
-        self.model = keras.Model(model.inputs, [layer.output for layer in self.layers])
+        self.view_scale, self.first_stage = view_scale, first_stage
+        self.layers = stage_layers(model, first_stage)
+        features = keras.Model(model.inputs, [layer.output for layer in self.layers])
+        shape = tuple(model.inputs[0].shape[1:])
+        height, width = shape[:2]
+        pixels = keras.Input(shape)
+        view = pixels
+        if view_scale > 1:
+            small = (max(1, round(height / view_scale)), max(1, round(width / view_scale)))
+            view = keras.layers.Resizing(*small, interpolation="bicubic", antialias=True)(view)
+            view = keras.layers.Resizing(height, width, interpolation="bicubic")(view)
+        self.model = keras.Model(pixels, features(view))
 
     def features(self, images: np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
         """One (N, 2C) array per stage layer."""
@@ -67,13 +103,21 @@ class FeatureExtractor:
 @dataclass(frozen=True)
 class OodDetector:
     """Per layer a mean and precision matrix of training features and the validation median
-    of the distance; the threshold on the largest median-scaled distance."""
+    of the distance; the threshold on the largest median-scaled distance; and the view and
+    stages the features were read with (a check fitted before they were chosen read every
+    stage at full resolution: 1 and 0)."""
 
     means: list[np.ndarray]
     precisions: list[np.ndarray]
     scales: np.ndarray
     threshold: float
     flag_rate: float
+    view_scale: int = 1
+    first_stage: int = 0
+
+    def extractor(self, model: Any) -> FeatureExtractor:
+        """The features this check was fitted on, read from ``model``."""
+        return FeatureExtractor(model, self.view_scale, self.first_stage)
 
     def layer_distances(self, features: list[np.ndarray]) -> np.ndarray:
         """(N, layers) squared Mahalanobis distances to the training features."""
@@ -97,7 +141,7 @@ class OodDetector:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.npz")
         np.savez(tmp, scales=self.scales, threshold=self.threshold, flag_rate=self.flag_rate,
-                 **arrays)  # fmt: skip
+                 view_scale=self.view_scale, first_stage=self.first_stage, **arrays)  # fmt: skip
         tmp.replace(path)
 
     @classmethod
@@ -112,14 +156,20 @@ class OodDetector:
                 stored["scales"],
                 float(stored["threshold"]),
                 float(stored["flag_rate"]),
+                int(stored["view_scale"]) if "view_scale" in stored else 1,
+                int(stored["first_stage"]) if "first_stage" in stored else 0,
             )
 
 
 def fit_detector(
-    train_features: list[np.ndarray], val_features: list[np.ndarray], flag_rate: float
+    train_features: list[np.ndarray],
+    val_features: list[np.ndarray],
+    flag_rate: float,
+    extractor: FeatureExtractor | None = None,
 ) -> OodDetector:
     """Gaussians of the training features per layer; the threshold flags ``flag_rate`` of
-    the validation images (the ``1 - flag_rate`` quantile of their scores)."""
+    the validation images (the ``1 - flag_rate`` quantile of their scores). ``extractor``:
+    the one the features came from, whose view and stages the detector records."""
     from sklearn.covariance import LedoitWolf
 
     means = [f.mean(axis=0) for f in train_features]
@@ -128,7 +178,8 @@ def fit_detector(
     scales = np.median(unscaled.layer_distances(val_features), axis=0)
     scaled = OodDetector(means, precisions, scales, np.inf, flag_rate)
     threshold = float(np.quantile(scaled.scores(val_features), 1 - flag_rate))
-    return OodDetector(means, precisions, scales, threshold, flag_rate)
+    view = (extractor.view_scale, extractor.first_stage) if extractor else (1, 0)
+    return OodDetector(means, precisions, scales, threshold, flag_rate, *view)
 
 
 def fit_subset(n: int, seed: int = 0) -> np.ndarray:

@@ -61,7 +61,9 @@ def plot_training_curves(history: pd.DataFrame, path: PathLike = None) -> Figure
     Reads a run's ``history.csv``; missing columns are skipped. The fine-tuning phase is
     shaded and the best epoch by ``val_balanced_accuracy`` (when logged) is marked.
     """
+    # history.csv counts epochs from 0 (Keras); people, the app and the model card from 1.
     history = history.sort_values("epoch").reset_index(drop=True)
+    history = history.assign(epoch=history["epoch"] + 1)
     fig, axes = new_figure(2, 2, figsize=(11, 7), sharex=True)
     best = None
     if _has(history, "val_balanced_accuracy"):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ham_utils.config import CLASS_NAMES, RISK_GROUPS, RISK_OF_CLASS
 from ham_utils.errors import DataError
-from ham_utils.evaluation.ood import OOD_MESSAGE, FeatureExtractor, OodDetector
+from ham_utils.evaluation.ood import OOD_MESSAGE, OodDetector
 from ham_utils.runs import Run
 
 log = logging.getLogger("ham_utils")
@@ -201,7 +201,7 @@ class Predictor:
         evaluation = run.evaluation(which)
         self.operating_points = evaluation.operating_points(PREDICT_VIEWS)
         self.ood = OodDetector.load(evaluation.ood_file)
-        self.features = FeatureExtractor(self.explainer.model) if self.ood else None
+        self.features = self.ood.extractor(self.explainer.model) if self.ood else None
 
     def warm_up(self) -> None:
         """Trace the model and its Grad-CAM on a blank image (some seconds), so that the
