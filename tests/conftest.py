@@ -254,3 +254,39 @@ def tiny_lite_run(tmp_path_factory) -> Path:
     return make_tiny_run(
         tmp_path_factory.mktemp("runs") / "lite", "efficientnet_lite0", "imagenet", 64
     )
+
+
+# Images per class; the same number in every split, so that the model is traced for one
+# batch shape only.
+PER_SPLIT = {"train": 2, "val": 2, "test": 2}
+
+
+def write_split(run_dir: Path, data_dir: Path) -> None:
+    """Images of every class in each split under ``data_dir``, and the run's splits.csv."""
+    import pandas as pd
+
+    from ham_utils.config import CLASSES
+
+    images = data_dir / "images"
+    images.mkdir(parents=True)
+    rows = []
+    for split, count in PER_SPLIT.items():
+        for label, dx in enumerate(CLASSES):
+            for i in range(count):
+                image_id = f"ISIC_{len(rows):07d}"
+                Image.fromarray(lesion(40, 30, seed=len(rows))).save(images / f"{image_id}.jpg")
+                rows.append(
+                    {
+                        "lesion_id": f"HAM_{len(rows):07d}",
+                        "image_id": image_id,
+                        "dx": dx,
+                        "dx_type": "histo",
+                        "age": 30.0 + 5 * i,
+                        "sex": ("male", "female")[i % 2],
+                        "localization": "back",
+                        "label": label,
+                        "split": split,
+                        "path": f"images/{image_id}.jpg",
+                    }
+                )
+    pd.DataFrame(rows).to_csv(run_dir / "splits.csv", index=False)

@@ -82,3 +82,34 @@ def test_the_detector_keeps_the_view_and_stages_it_was_fitted_on(tmp_path):
     replace(detector, view_scale=3, first_stage=4).save(tmp_path / "ood.npz")
     again = OodDetector.load(tmp_path / "ood.npz")
     assert (again.view_scale, again.first_stage) == (3, 4)
+
+
+def test_the_study_fits_both_checks_and_flags_every_probe_set(tiny_lite_run, tmp_path, monkeypatch):
+    """The README's table, on a tiny run: every probe set under both checks, the validation
+    lesions flagged at the rate the threshold is set to."""
+    import shutil
+
+    from conftest import lesion, write_split
+    from PIL import Image
+
+    from ham_utils.evaluation.ood_probes import SHIFTS
+    from ham_utils.evaluation.ood_study import CHECKS, flag_rates
+    from ham_utils.runs import open_run
+
+    monkeypatch.setenv("HAM_PROJECT_ROOT", str(tmp_path))
+    run_dir = tmp_path / "runs" / "lite"
+    shutil.copytree(tiny_lite_run, run_dir)
+    write_split(run_dir, tmp_path / "HAM10000")
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    for seed in range(3):
+        Image.fromarray(lesion(600, 450, seed=seed)).save(originals / f"ISIC_{seed:07d}.jpg")
+    run = open_run(run_dir).with_settings(data_dir=str(tmp_path / "HAM10000"), ood_flag_rate=0.25)
+    table = flag_rates(run, originals, progress=False)
+    assert list(table.columns) == ["images", *CHECKS]
+    assert [f"lesion photographs, {s}" for s in SHIFTS] == list(table.index[1:-1])
+    assert table.loc["pictures that are not lesions", "images"] == 15
+    assert table.loc["lesion photographs, as given", "images"] == 3
+    # The 75th percentile of 14 scores lies between the 10th and 11th: 4 are above it.
+    assert (table.loc["validation lesions", list(CHECKS)] == 4 / 14).all()
+    assert table[list(CHECKS)].stack().between(0, 1).all()
