@@ -145,6 +145,7 @@ def show_prediction(run: Run, upload) -> None:
     else:
         st.markdown(
             f"### Risk level: :{_colour_name(level)}[{level.upper()}]\n"
+            f"Why {prediction.risk_rule()}.\n\n"
             f"Most probable: **{CLASS_NAMES[prediction.predicted]}** ({prediction.predicted}), "
             f"{ranked[0][1]:.1%}. Probability of the high-risk group (melanoma, basal cell "
             f"carcinoma): {prediction.risk_probabilities()['high']:.1%}."

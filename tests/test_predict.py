@@ -170,6 +170,15 @@ def test_the_risk_level_follows_the_validation_threshold_on_the_high_risk_probab
         evaluation.write_operating_points(0.9, {1: thresholds, 2: below}, False, n_images=10)
         shown = Predictor(open_run(run_dir), model=predictor.explainer.model).predict(data)
         assert shown.risk == expected
+        rule = shown.as_record()["risk_rule"]
+        if expected == "high":  # the rule that fired, with its threshold
+            assert rule.startswith("high: the high-risk group's probability")
+            assert f"{thresholds['high_risk']:.1%}, chosen on the run's validation" in rule
+        else:
+            group = f"{expected}-risk group"
+            assert (
+                rule == f"{expected}: the most probable class, {shown.predicted}, is in the {group}"
+            )
         screening = shown.as_record()["screening"]
         assert screening["melanoma"]["above"] is (thresholds is above)
         assert screening["high_risk"]["threshold"] == pytest.approx(thresholds["high_risk"])

@@ -72,6 +72,20 @@ class Prediction:
             return "high"
         return RISK_OF_CLASS[self.predicted]
 
+    def risk_rule(self) -> str | None:
+        """Which rule set the risk level, with its threshold (None when no level is given)."""
+        level = self.risk
+        if level is None:
+            return None
+        if self.above_threshold("high_risk"):
+            threshold = self.operating_points["high_risk"]
+            return (
+                f"high: the high-risk group's probability (melanoma + basal cell carcinoma), "
+                f"{self.screening_scores()['high_risk']:.1%}, reaches its threshold of "
+                f"{threshold:.1%}, chosen on the run's validation split"
+            )
+        return f"{level}: the most probable class, {self.predicted}, is in the {level}-risk group"
+
     def above_threshold(self, name: str) -> bool | None:
         """Whether the ``melanoma`` or ``high_risk`` probability reaches its screening
         threshold; None without thresholds."""
@@ -131,6 +145,7 @@ class Prediction:
             "predicted": self.predicted,
             "predicted_name": CLASS_NAMES[self.predicted],
             "risk": self.risk,
+            "risk_rule": self.risk_rule(),
             "probabilities": {
                 c: round(float(p), 6) for c, p in zip(self.classes, self.probabilities, strict=True)
             },
