@@ -92,3 +92,8 @@ def test_what_the_ood_check_withholds_is_counted_per_class_and_as_missed_cases()
     assert record["screening_end_to_end"] == {
         "melanoma": {"sensitivity": 0.5, "positives": 4, "positives_withheld": 2}
     }
+    from ham_utils.report.notebook import ood_summary
+
+    summary = ood_summary({"out_of_distribution": record})  # notebook 04's sentence
+    assert "on this set it flags 30.0%" in summary and "mel 2 of 4, nv 1 of 6" in summary
+    assert "counted as missed: 0.500 (2 of 4 melanomas withheld)" in summary

@@ -242,10 +242,23 @@ def ood_summary(metrics: dict[str, Any]) -> str:
     ood = metrics.get("out_of_distribution")
     if not ood:
         return "no out-of-distribution check was fitted"
-    return (
-        f"The check's threshold ({ood['threshold']:.1f}) flags {ood['flag_rate_on_validation']:.0%}"
-        f" of the validation lesions by construction; on this set it flags {ood['flagged']:.1%}."
+    text = (
+        f"The check's threshold ({ood['threshold']:.2f}) flags "
+        f"{ood['flag_rate_on_validation']:.0%} of the validation lesions by construction; on "
+        f"this set it flags {ood['flagged']:.1%}."
     )
+    by_class = ood.get("flagged_by_class")
+    if by_class:
+        counts = ", ".join(f"{c} {v['flagged']} of {v['images']}" for c, v in by_class.items())
+        text += f" Withheld by class: {counts}."
+    melanoma = ood.get("screening_end_to_end", {}).get("melanoma")
+    if melanoma and melanoma["sensitivity"] is not None:
+        text += (
+            f" Melanoma screening sensitivity with withheld images counted as missed: "
+            f"{melanoma['sensitivity']:.3f} ({melanoma['positives_withheld']} of "
+            f"{melanoma['positives']} melanomas withheld)."
+        )
+    return text
 
 
 def left_out_table(left_out: dict[str, str]) -> None:
