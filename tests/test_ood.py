@@ -113,3 +113,10 @@ def test_the_study_fits_both_checks_and_flags_every_probe_set(tiny_lite_run, tmp
     # The 75th percentile of 14 scores lies between the 10th and 11th: 4 are above it.
     assert (table.loc["validation lesions", list(CHECKS)] == 4 / 14).all()
     assert table[list(CHECKS)].stack().between(0, 1).all()
+
+
+def test_stages_are_numbered_on_every_backbone_family():
+    from ham_utils.evaluation.ood import _stage_number
+
+    assert [_stage_number(s) for s in ("stem", "block1", "block4", "block14")] == [0, 1, 4, 14]
+    assert _stage_number("conv4_block2") == 4  # ResNet50's blocks

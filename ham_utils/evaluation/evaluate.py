@@ -328,17 +328,26 @@ def _fit_ood(
     return extractor, detector
 
 
+def _screening_inputs(
+    labels: np.ndarray, probs: np.ndarray, fitted: Fitted, run: Run
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The screening scores of the probabilities a user is shown (temperature-scaled when a
+    temperature was fitted), and which images are positive for each."""
+    from ham_utils.evaluation.scoring import apply_temperature
+
+    shown = apply_temperature(probs, fitted.temperature) if fitted.temperature else probs
+    return screening_scores(shown, run.classes), _screening_truth(labels, run.classes)
+
+
 def _operating_points(
     labels: np.ndarray, probs: np.ndarray, fitted: Fitted, counts: np.ndarray, run: Run
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The validation-chosen thresholds applied once to this set: sensitivity, specificity
     and cases flagged per 100, and their intervals."""
     from ham_utils.evaluation.bootstrap import flag_intervals
-    from ham_utils.evaluation.scoring import apply_temperature, operating_point
+    from ham_utils.evaluation.scoring import operating_point
 
-    shown = apply_temperature(probs, fitted.temperature) if fitted.temperature else probs
-    scores = screening_scores(shown, run.classes)
-    truth = _screening_truth(labels, run.classes)
+    scores, truth = _screening_inputs(labels, probs, fitted, run)
     points, intervals = {"target_sensitivity": fitted.target_sensitivity}, {}
     for name, threshold in fitted.thresholds.items():
         if threshold is None:
@@ -358,10 +367,9 @@ def _ood_record(
     count per class (are melanomas among them?), and each screening operating point's
     sensitivity when a withheld image counts as missed, as it is for a user who is given no
     risk level for it."""
-    from ham_utils.evaluation.scoring import apply_temperature, operating_point
+    from ham_utils.evaluation.scoring import operating_point
 
-    shown = apply_temperature(probs, fitted.temperature) if fitted.temperature else probs
-    scores, truth = screening_scores(shown, run.classes), _screening_truth(labels, run.classes)
+    scores, truth = _screening_inputs(labels, probs, fitted, run)
     end_to_end = {}
     for name, threshold in fitted.thresholds.items():
         if threshold is None:

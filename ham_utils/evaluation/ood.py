@@ -24,6 +24,7 @@ layer catches photographs of other things.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,10 @@ def stage_layers(model: Any, first_stage: int = 0) -> list[Any]:
 
 
 def _stage_number(stage: str) -> int:
-    """``block4`` is 4; the stem (and any stage not numbered so) is 0."""
-    digits = "".join(c for c in stage if c.isdigit())
-    return int(digits) if stage.startswith("block") and digits else 0
+    """``block4`` (EfficientNet, Xception) and ``conv4_block2`` (ResNet) are in stage 4; the
+    stem is 0."""
+    numbered = re.match(r"(?:block|conv)(\d+)", stage)
+    return int(numbered.group(1)) if numbered else 0
 
 
 class FeatureExtractor:

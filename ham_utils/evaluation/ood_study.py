@@ -63,23 +63,20 @@ def flag_rates(run: Run, originals: Path, progress: bool = True) -> pd.DataFrame
         for split in ("train", "val")
     }  # fmt: skip
     train = images["train"][fit_subset(len(images["train"]), params.seed)]
-    probes = {"validation lesions": images["val"], **probe_images(run, originals)}
+    probes = probe_images(run, originals)
     model = run.load_model("best")
     table = {}
     for name, (view_scale, first_stage) in CHECKS.items():
         extractor = FeatureExtractor(model, view_scale, first_stage)
-        detector = fit_detector(
-            extractor.features(train, params.batch_size),
-            extractor.features(images["val"], params.batch_size),
-            params.ood_flag_rate,
-            extractor,
-        )
-        table[name] = {
+        val = extractor.features(images["val"], params.batch_size)
+        train_features = extractor.features(train, params.batch_size)
+        detector = fit_detector(train_features, val, params.ood_flag_rate, extractor)
+        table[name] = {"validation lesions": float(detector.flags(val).mean())} | {
             probe: float(detector.flags(extractor.features(x, params.batch_size)).mean())
             for probe, x in probes.items()
         }
     frame = pd.DataFrame(table)
-    frame.insert(0, "images", [len(x) for x in probes.values()])
+    frame.insert(0, "images", [len(images["val"]), *(len(x) for x in probes.values())])
     return frame
 
 

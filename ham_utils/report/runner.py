@@ -97,10 +97,11 @@ def collect_figures(run_dir: Path | None) -> list[Path]:
     from ham_utils.runs import evaluation_at
 
     evaluation = evaluation_at(run_dir, "best")
+    figures = figures_root()
     for folder in (evaluation.figures_dir(), evaluation.gradcam_dir):
         for png in sorted(folder.glob("*.png")):
-            figures_root().mkdir(parents=True, exist_ok=True)
-            copied.append(Path(shutil.copy2(png, figures_root() / png.name)))
+            figures.mkdir(parents=True, exist_ok=True)
+            copied.append(Path(shutil.copy2(png, figures / png.name)))
     return copied
 
 
