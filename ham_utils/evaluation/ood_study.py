@@ -14,6 +14,7 @@ measure its fit, not its performance on unseen shifts.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from ham_utils.data.images import is_image_file, resize_square
+from ham_utils.errors import DataError
 from ham_utils.evaluation.ood import FIRST_STAGE, VIEW_SCALE, FeatureExtractor, fit_detector
 from ham_utils.evaluation.ood_probes import SHIFTS, acquisition_shifts, not_lesions
 from ham_utils.runs import Run, open_run
@@ -85,7 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="a finished run folder")
     parser.add_argument("--originals", required=True, help="folder of lesion photographs")
     args = parser.parse_args(argv)
-    table = flag_rates(open_run(args.run), Path(args.originals))
+    try:
+        table = flag_rates(open_run(args.run), Path(args.originals))
+    except (DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(table.to_string(float_format=lambda share: f"{share:.2f}"))
     return 0
 
